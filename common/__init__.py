@@ -1,0 +1,1 @@
+"""vaeserve.common."""
