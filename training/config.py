@@ -49,7 +49,7 @@ class TrainConfig:
     threads: int | None = None
     # calibration
     threshold_quantile: float = 0.99
-    default_score: Literal["kl", "recon_nll", "neg_elbo"] = "kl"
+    default_score: Literal["kl", "recon_nll", "neg_elbo"] = "neg_elbo"
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:

@@ -264,7 +264,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             **metrics,
             "seconds": time.perf_counter() - epoch_start,
         }
-        if metrics["active_units"] == 0 and not warned:
+        # a fresh network has no active units yet: judge collapse once warm-up is over
+        grace = max(5, config.warmup_epochs if config.warmup == "linear" else 0)
+        if metrics["active_units"] == 0 and epoch + 1 >= grace and not warned:
             warned = True
             message = (
                 f"posterior collapse: no active latent units at epoch {epoch + 1} "
