@@ -1,0 +1,197 @@
+"""Dynamic batching: concurrent requests for one graph merged into one onnxruntime call.
+
+Requests queue per (graph, key); a worker takes the oldest, waits up to `max_delay_s` for more
+until `max_rows` rows are queued, concatenates the inputs along each input's batch axis, runs
+the graph once in a thread and splits the outputs (batch axis 0) back to the callers. While a
+call runs, new requests queue up, so under load calls merge even with a zero delay. A request
+whose caller went away (cancelled, deadline passed) before its call starts is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Hashable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vaeserve.server.sessions import GraphRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatcherStats:
+    """Counters for tests and logs: requests in, graph calls made, requests dropped."""
+
+    requests: int = 0
+    calls: int = 0
+    rows: int = 0
+    dropped: int = 0
+    max_merged: int = 0
+
+
+@dataclass
+class _Item:
+    feeds: Mapping[str, np.ndarray]
+    rows: int
+    future: asyncio.Future = field(repr=False)
+
+
+class _Lane:
+    """Queue and worker for one key of one graph; the worker runs only while work is queued."""
+
+    def __init__(self) -> None:
+        self.pending: collections.deque[_Item] = collections.deque()
+        self.wakeup = asyncio.Event()
+        self.worker: asyncio.Task | None = None
+
+
+class DynamicBatcher:
+    """Merges concurrent `run` calls on one graph; all methods run on the server's event loop."""
+
+    def __init__(
+        self,
+        runner: GraphRunner,
+        executor: Executor,
+        max_rows: int,
+        max_delay_s: float,
+        batch_axes: Mapping[str, int] | None = None,
+        empty_outputs: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> None:
+        """`batch_axes`: input name -> axis holding rows (default 0); outputs use axis 0.
+
+        `empty_outputs`: output name -> shape without the batch axis, for zero-row requests
+        (answered without calling the graph).
+        """
+        self.runner = runner
+        self.executor = executor
+        self.max_rows = max_rows
+        self.max_delay_s = max_delay_s
+        self.batch_axes = dict(batch_axes or {})
+        self.empty_outputs = dict(empty_outputs or {})
+        self.stats = BatcherStats()
+        self._lanes: dict[Hashable, _Lane] = {}
+
+    async def run(
+        self, feeds: Mapping[str, np.ndarray], rows: int, key: Hashable = None
+    ) -> dict[str, np.ndarray]:
+        """Queue one request of `rows` rows; returns this request's slice of the outputs.
+
+        Requests with different `key` (e.g. a different number of importance samples) are
+        never merged.
+        """
+        self.stats.requests += 1
+        if rows == 0 and self.empty_outputs:
+            return {k: np.zeros((0, *shape), np.float32) for k, shape in self.empty_outputs.items()}
+        loop = asyncio.get_running_loop()
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        item = _Item(feeds, rows, loop.create_future())
+        # a caller that goes away wakes the worker so it can drop the request at once
+        item.future.add_done_callback(lambda _: lane.wakeup.set())
+        lane.pending.append(item)
+        lane.wakeup.set()
+        if lane.worker is None or lane.worker.done():
+            lane.worker = loop.create_task(self._work(key, lane), name=f"batch-{self.runner.name}")
+        return await item.future
+
+    async def _work(self, key: Hashable, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while lane.pending:
+                batch = await self._collect(lane, loop)
+                if batch:
+                    await self._run_batch(batch, loop)
+        finally:
+            if lane.pending:  # cancelled with work queued: fail it rather than hang callers
+                for item in lane.pending:
+                    if not item.future.done():
+                        item.future.set_exception(RuntimeError("batcher stopped"))
+                lane.pending.clear()
+            if self._lanes.get(key) is lane and not lane.pending:
+                del self._lanes[key]
+
+    async def _collect(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> list[_Item]:
+        """Take queued items up to max_rows, waiting up to max_delay_s for the batch to fill."""
+        deadline = loop.time() + self.max_delay_s
+        while True:
+            self._drop_cancelled(lane)
+            queued = sum(i.rows for i in lane.pending)
+            if not lane.pending or queued >= self.max_rows:
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            lane.wakeup.clear()
+            try:
+                await asyncio.wait_for(lane.wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        batch: list[_Item] = []
+        rows = 0
+        while lane.pending:
+            item = lane.pending[0]
+            if batch and rows + item.rows > self.max_rows:
+                break
+            lane.pending.popleft()
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    def _drop_cancelled(self, lane: _Lane) -> None:
+        if any(i.future.done() for i in lane.pending):
+            keep = [i for i in lane.pending if not i.future.done()]
+            self.stats.dropped += len(lane.pending) - len(keep)
+            lane.pending = collections.deque(keep)
+
+    def _merge(self, batch: list[_Item]) -> dict[str, np.ndarray]:
+        if len(batch) == 1:
+            return {k: np.ascontiguousarray(v) for k, v in batch[0].feeds.items()}
+        return {
+            k: np.concatenate([i.feeds[k] for i in batch], axis=self.batch_axes.get(k, 0))
+            for k in batch[0].feeds
+        }
+
+    async def _run_batch(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        batch = [i for i in batch if not i.future.done()]
+        if not batch:
+            return
+        feeds = self._merge(batch)
+        self.stats.calls += 1
+        self.stats.rows += sum(i.rows for i in batch)
+        self.stats.max_merged = max(self.stats.max_merged, len(batch))
+        try:
+            outputs = await loop.run_in_executor(self.executor, self.runner.run, feeds)
+        except asyncio.CancelledError:
+            for item in batch:
+                item.future.cancel()
+            raise
+        except Exception as exc:
+            if len(batch) > 1:  # one request must not fail the others: retry them one by one
+                log.warning(
+                    "graph %s failed on %d merged requests (%s); retrying them singly",
+                    self.runner.name,
+                    len(batch),
+                    exc,
+                )
+                for item in batch:
+                    await self._run_batch([item], loop)
+                return
+            log.error("graph %s failed: %s", self.runner.name, exc)
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_result(outputs)
+            return
+        bounds = np.cumsum([i.rows for i in batch])[:-1]
+        split = {k: np.split(v, bounds, axis=0) for k, v in outputs.items()}
+        for n, item in enumerate(batch):
+            if not item.future.done():
+                item.future.set_result({k: parts[n] for k, parts in split.items()})

@@ -1,0 +1,29 @@
+"""The exception request handling raises: a gRPC status code and a message saying what to fix."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class RequestError(Exception):
+    """A request the server rejects; unary RPCs abort with it, the Score stream sends it in-band."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def invalid(cls, message: str) -> RequestError:
+        """INVALID_ARGUMENT: the request itself is wrong."""
+        return cls(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+    @classmethod
+    def not_found(cls, message: str) -> RequestError:
+        """NOT_FOUND: an unknown model or version."""
+        return cls(grpc.StatusCode.NOT_FOUND, message)
+
+    @classmethod
+    def too_large(cls, message: str) -> RequestError:
+        """RESOURCE_EXHAUSTED: over a configured limit."""
+        return cls(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
