@@ -1,9 +1,9 @@
-"""Wiring: the grpc.aio server with VaeService, health, reflection; start in a thread; stop.
+"""Wiring: the grpc.aio server with VaeService, KServe v2, health, reflection; start; stop.
 
 `start_server(settings)` runs a ServerApp on its own asyncio loop in a background thread and
-returns a VaeServer handle once the port is bound and every model is warm. More servicers
-(e.g. KServe v2) plug in through `services` hooks and cross-cutting concerns (auth, metrics)
-through grpc.aio `interceptors`.
+returns a VaeServer handle once the port is bound and every model is warm. Every call runs
+inside the built-in layers (request id, metrics and access log; bearer tokens; the stream
+limit), then any extra grpc.aio `interceptors`. More servicers plug in through `services` hooks.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,8 +24,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from vaeserve.proto.inference import grpc_service_pb2_grpc
 from vaeserve.proto.vae.v1 import vae_pb2, vae_pb2_grpc
+from vaeserve.server import kserve
+from vaeserve.server.interception import Layer, LayeredInterceptor
+from vaeserve.server.observability import Metrics, MetricsEndpoint, ObservabilityInterceptor
+from vaeserve.server.ops import ModelOps
 from vaeserve.server.repository import ModelRepository, ScanResult
+from vaeserve.server.security import (
+    AuthLayer,
+    SecurityError,
+    StreamLimitLayer,
+    TokenStore,
+    check_files,
+    server_credentials,
+)
 from vaeserve.server.servicer import VaeServicer
 from vaeserve.server.sessions import SessionFactory
 from vaeserve.server.settings import ServerSettings
@@ -32,6 +46,9 @@ from vaeserve.server.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 VAE_SERVICE = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
+KSERVE_SERVICE = kserve.SERVICE
+# Request-streaming RPCs the max_streams limit applies to.
+STREAM_METHODS = (f"/{VAE_SERVICE}/Score", kserve.STREAM_METHOD)
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -71,16 +88,36 @@ class ServerApp:
         self.settings = settings
         self.interceptors = list(interceptors)
         self.services = list(services)
+        self.metrics = Metrics()
         self.factory = SessionFactory(settings)
         self.inference_pool = ThreadPoolExecutor(settings.inference_threads, "vae-infer")
         self.loader_pool = ThreadPoolExecutor(1, "vae-loader")
-        self.repository = ModelRepository(settings, self.factory, self.inference_pool)
+        self.repository = ModelRepository(
+            settings, self.factory, self.inference_pool, observers=self.metrics.batch_observer
+        )
+        self.ops = ModelOps(self.repository, settings, self.metrics)
         self.health = health_aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self.stream_limit = StreamLimitLayer(settings.max_streams, STREAM_METHODS, self.metrics)
         self.port = 0
         self.started = False
         self.stopping = False
         self._poll_task: asyncio.Task | None = None
+
+    def _layers(self) -> list[Layer]:
+        """The built-in call layers, outermost first (raises SecurityError on bad tokens)."""
+        s = self.settings
+        layers: list[Layer] = [ObservabilityInterceptor(self.metrics, s.access_log)]
+        if s.token_auth:
+            layers.append(AuthLayer(TokenStore(s), self.metrics, open_health=s.open_health))
+        layers.append(self.stream_limit)
+        return layers
+
+    @property
+    def service_names(self) -> list[str]:
+        """The model services this server offers (for health)."""
+        return [VAE_SERVICE] + ([KSERVE_SERVICE] if self.settings.kserve else [])
 
     def is_ready(self) -> bool:
         """True once every model found at start is warm, until shutdown begins."""
@@ -91,27 +128,53 @@ class ServerApp:
         s = self.settings
         if not s.model_repo.is_dir():
             raise ServerStartError(f"model repository {s.model_repo} is not a directory")
+        t_start = time.perf_counter()
+        try:
+            check_files(s)
+            credentials = server_credentials(s)
+            layers = self._layers()
+        except SecurityError as exc:
+            raise ServerStartError(str(exc)) from exc
         loop = asyncio.get_running_loop()
         device = await loop.run_in_executor(self.loader_pool, self.factory.resolve_device)
-        server = grpc.aio.server(interceptors=self.interceptors, options=grpc_options(s))
-        vae_pb2_grpc.add_VaeServiceServicer_to_server(
-            VaeServicer(self.repository, s, self.is_ready), server
+        server = grpc.aio.server(
+            interceptors=[LayeredInterceptor(layers), *self.interceptors],
+            options=grpc_options(s),
         )
+        vae_pb2_grpc.add_VaeServiceServicer_to_server(
+            VaeServicer(self.repository, s, self.is_ready, self.ops), server
+        )
+        names = [VAE_SERVICE]
+        if s.kserve:
+            grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                kserve.KServeServicer(self.ops, s, self.is_ready), server
+            )
+            names.append(KSERVE_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = [VAE_SERVICE, HEALTH_SERVICE]
+        names.append(HEALTH_SERVICE)
         for hook in self.services:
             names.extend(hook(server, self))
         names.append(reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
         try:
-            port = server.add_insecure_port(s.address)
+            if credentials is not None:
+                port = server.add_secure_port(s.address, credentials)
+            else:
+                port = server.add_insecure_port(s.address)
         except RuntimeError as exc:
             raise ServerStartError(f"cannot listen on {s.address}: {exc}") from exc
         if port == 0:
             raise ServerStartError(f"cannot listen on {s.address} (address in use?)")
         self.server, self.port = server, port
-        for name in ("", VAE_SERVICE):
+        for name in ("", *self.service_names):
             await self.health.set(name, NOT_SERVING)
+        if s.metrics_port:
+            try:
+                self.metrics_endpoint = MetricsEndpoint(
+                    self.metrics, s.metrics_host or s.host, s.metrics_port
+                )
+            except OSError as exc:
+                raise ServerStartError(str(exc)) from exc
         await server.start()
         try:
             result = await loop.run_in_executor(
@@ -120,23 +183,73 @@ class ServerApp:
             await self._apply_health(result)
         except BaseException:
             await server.stop(0)
+            self._stop_metrics()
             raise
         self.started = True
-        for name in ("", VAE_SERVICE):
+        self.metrics.ready.set(1)
+        for name in ("", *self.service_names):
             await self.health.set(name, SERVING)
         if not self.repository.snapshot():
             log.warning("no model in %s yet; serving anyway and polling for one", s.model_repo)
+        self._log_report(device, time.perf_counter() - t_start)
         log.info(
-            "vae.v1 serving on %s:%d (device %s, providers %s); models: %s",
+            "serving %s on %s:%d (%s%s; device %s, providers %s; metrics %s); models: %s",
+            " and ".join(
+                ["vae.v1"] + (["KServe v2 (inference.GRPCInferenceService)"] if s.kserve else [])
+            ),
             s.host,
             port,
+            "TLS" if s.tls else "plaintext",
+            (" with client certificates" if s.tls_client_ca else "")
+            + (", bearer tokens" if s.token_auth else ""),
             device,
             ", ".join(self.providers()) or "none yet",
+            f"on :{self.metrics_port}/metrics" if self.metrics_endpoint else "off",
             self.repository.describe(),
         )
         if s.poll_interval_s > 0:
             self._poll_task = asyncio.create_task(self._poll(), name="repo-poll")
         return port
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound metrics port, 0 when the endpoint is off."""
+        return self.metrics_endpoint.port if self.metrics_endpoint else 0
+
+    def _stop_metrics(self) -> None:
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
+            self.metrics_endpoint = None
+
+    def _log_report(self, device: str, seconds: float) -> None:
+        """The model load report: every loaded version's graphs, providers and warm-up time."""
+        models = [
+            m.report()
+            for _, versions in sorted(self.repository.snapshot().items())
+            for _, m in sorted(versions.items())
+        ]
+        lines = [
+            f"  {r['model']} v{r['version']} on {r['device']}: "
+            + ", ".join(f"{g} [{', '.join(v['providers'])}]" for g, v in r["graphs"].items())
+            + f"; loaded in {r['load_s']:.3f}s (warm-up {r['warmup_s']:.3f}s)"
+            for r in models
+        ]
+        log.info(
+            "model load report: %d model version(s), device %s, ready in %.2fs%s",
+            len(models),
+            device,
+            seconds,
+            "".join("\n" + line for line in lines),
+            extra={
+                "fields": {
+                    "event": "load_report",
+                    "device": device,
+                    "providers": self.providers(),
+                    "ready_s": round(seconds, 4),
+                    "models": models,
+                }
+            },
+        )
 
     def providers(self) -> list[str]:
         """Execution providers in use across every loaded session."""
@@ -160,7 +273,9 @@ class ServerApp:
         for name, version in result.added:
             await self.health.set(health_name(name, version), SERVING)
             await self.health.set(health_name(name), SERVING)
+            self.metrics.model_loaded(models[name][version])
         for name, version in result.removed:
+            self.metrics.model_unloaded(name, version)
             await self.health.set(health_name(name, version), NOT_SERVING)
             if name not in models:
                 await self.health.set(health_name(name), NOT_SERVING)
@@ -179,6 +294,7 @@ class ServerApp:
         """Health NOT_SERVING, refuse new calls, give in-flight ones `grace` s, release pools."""
         grace = self.settings.grace_s if grace is None else grace
         self.stopping = True
+        self.metrics.ready.set(0)
         await self.health.enter_graceful_shutdown()
         if self._poll_task is not None:
             self._poll_task.cancel()
@@ -187,6 +303,7 @@ class ServerApp:
             await self.server.stop(grace)
         self.inference_pool.shutdown(wait=False, cancel_futures=True)
         self.loader_pool.shutdown(wait=False, cancel_futures=True)
+        self._stop_metrics()
         log.info("stopped")
 
 
@@ -224,6 +341,16 @@ class VaeServer:
         """Execution providers in use across loaded models."""
         return self.app.providers()
 
+    @property
+    def metrics_port(self) -> int:
+        """The port of the /metrics endpoint; 0 when it is off."""
+        return self.app.metrics_port
+
+    @property
+    def metrics(self) -> Metrics:
+        """The server's Prometheus metrics (render() gives the page)."""
+        return self.app.metrics
+
     def _start(self) -> VaeServer:
         self._thread.start()
         self.port = self._started.result()
@@ -243,6 +370,7 @@ class VaeServer:
         except BaseException as exc:
             self.app.inference_pool.shutdown(wait=False)
             self.app.loader_pool.shutdown(wait=False)
+            self.app._stop_metrics()
             self._started.set_exception(exc)
             return
         self._started.set_result(port)

@@ -5,16 +5,21 @@ until `max_rows` rows are queued, concatenates the inputs along each input's bat
 the graph once in a thread and splits the outputs (batch axis 0) back to the callers. While a
 call runs, new requests queue up, so under load calls merge even with a zero delay. A request
 whose caller went away (cancelled, deadline passed) before its call starts is dropped.
+An optional BatchObserver hears of every graph call: its rows, merged requests, how long each
+request queued and how long the call took (the server's Prometheus metrics use it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
-from collections.abc import Hashable, Mapping
+import time
+from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -34,11 +39,21 @@ class BatcherStats:
     max_merged: int = 0
 
 
+class BatchObserver(Protocol):
+    """Told about each graph call a batcher makes (called on the event loop; must not block)."""
+
+    def __call__(
+        self, rows: int, requests: int, queue_waits: Sequence[float], run_seconds: float
+    ) -> None:
+        """rows and requests merged into one call, each request's queue wait, the call's time."""
+
+
 @dataclass
 class _Item:
     feeds: Mapping[str, np.ndarray]
     rows: int
     future: asyncio.Future = field(repr=False)
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 class _Lane:
@@ -61,11 +76,12 @@ class DynamicBatcher:
         max_delay_s: float,
         batch_axes: Mapping[str, int] | None = None,
         empty_outputs: Mapping[str, tuple[int, ...]] | None = None,
+        observer: BatchObserver | None = None,
     ) -> None:
         """`batch_axes`: input name -> axis holding rows (default 0); outputs use axis 0.
 
         `empty_outputs`: output name -> shape without the batch axis, for zero-row requests
-        (answered without calling the graph).
+        (answered without calling the graph). `observer` hears of every graph call.
         """
         self.runner = runner
         self.executor = executor
@@ -73,6 +89,7 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.batch_axes = dict(batch_axes or {})
         self.empty_outputs = dict(empty_outputs or {})
+        self.observer = observer
         self.stats = BatcherStats()
         self._lanes: dict[Hashable, _Lane] = {}
 
@@ -97,7 +114,11 @@ class DynamicBatcher:
         lane.pending.append(item)
         lane.wakeup.set()
         if lane.worker is None or lane.worker.done():
-            lane.worker = loop.create_task(self._work(key, lane), name=f"batch-{self.runner.name}")
+            # an empty context: the worker serves many callers, so it must not carry the
+            # first caller's context variables (its request id) into its log lines
+            lane.worker = contextvars.Context().run(
+                loop.create_task, self._work(key, lane), name=f"batch-{self.runner.name}"
+            )
         return await item.future
 
     async def _work(self, key: Hashable, lane: _Lane) -> None:
@@ -163,10 +184,22 @@ class DynamicBatcher:
             return
         feeds = self._merge(batch)
         self.stats.calls += 1
-        self.stats.rows += sum(i.rows for i in batch)
+        rows = sum(i.rows for i in batch)
+        self.stats.rows += rows
         self.stats.max_merged = max(self.stats.max_merged, len(batch))
+        started = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(self.executor, self.runner.run, feeds)
+            if self.observer is not None:
+                try:
+                    self.observer(
+                        rows,
+                        len(batch),
+                        [started - i.queued_at for i in batch],
+                        time.perf_counter() - started,
+                    )
+                except Exception:  # metrics must never fail a request
+                    log.exception("batch observer failed")
         except asyncio.CancelledError:
             for item in batch:
                 item.future.cancel()

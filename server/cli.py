@@ -2,7 +2,8 @@
 
 Every ServerSettings field is a flag (--max-batch-rows for max_batch_rows), an environment
 variable (VAESERVE_MAX_BATCH_ROWS) and a config-file key; flags win over the environment,
-which wins over the file.
+which wins over the file. Secrets (tokens) have no flag. `--print-config` prints the effective
+settings, secrets redacted, and exits.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ from typing import Any, Literal
 import click
 
 from vaeserve.server.app import ServerStartError, start_server
+from vaeserve.server.observability import configure_logging
 from vaeserve.server.repository import LoadError
 from vaeserve.server.sessions import DeviceError
 from vaeserve.server.settings import (
     ENV_PREFIX,
+    SECRETS,
     ServerSettings,
     SettingsError,
     field_help,
     field_types,
+    optional_inner,
 )
 
 log = logging.getLogger("vaeserve.server")
@@ -36,6 +40,9 @@ def _settings_options(fn: Any) -> Any:
     """One click option per ServerSettings field; default None so unset flags override nothing."""
     helps = field_help()
     for name, tp in reversed(list(field_types().items())):
+        if name in SECRETS:  # environment or config file only: never on a command line
+            continue
+        tp = optional_inner(tp) or tp
         flag = "--" + name.replace("_", "-")
         env = ENV_PREFIX + name.upper()
         help_text = f"{helps[name]} [env {env}]"
@@ -50,29 +57,41 @@ def _settings_options(fn: Any) -> Any:
             fn = click.option(
                 flag, name, type=click.Path(path_type=Path), default=None, help=help_text
             )(fn)
+        elif tp is str:
+            fn = click.option(flag, name, type=str, default=None, help=help_text)(fn)
         else:
             fn = click.option(flag, name, type=tp, default=None, help=help_text)(fn)
     return fn
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Bearer tokens can also come from VAESERVE_TOKENS (comma-separated; no flag, so they "
+    "never show in a process list).",
+)
 @click.option(
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="TOML or JSON file of settings (keys as the flags, with _ or -) [env VAESERVE_CONFIG]",
 )
+@click.option(
+    "--print-config",
+    is_flag=True,
+    help="print the effective settings (secrets redacted) with where each came from, and exit",
+)
 @_settings_options
-def main(config: Path | None, **flags: Any) -> None:
-    """Serve VAE models from a vae-export model repository over gRPC (vae.v1)."""
+def main(config: Path | None, print_config: bool, **flags: Any) -> None:
+    """Serve VAE models from a vae-export model repository over gRPC (vae.v1 and KServe v2)."""
+    sources: dict[str, str] = {}
     try:
-        settings = ServerSettings.load(config=config, **flags)
+        settings = ServerSettings.load(config=config, sources=sources, **flags)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if print_config:
+        click.echo(settings.to_toml(sources), nl=False)
+        return
+    configure_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
     signals: list[int] = []
 
@@ -90,10 +109,11 @@ def main(config: Path | None, **flags: Any) -> None:
     except (DeviceError, ServerStartError, LoadError) as exc:
         click.echo(f"vae-server: error: {exc}", err=True)
         sys.exit(2)
+    metrics = f"; metrics on :{server.metrics_port}/metrics" if server.metrics_port else ""
     click.echo(
         f"vae-server listening on {server.address} "
-        f"(device {server.device}; providers {', '.join(server.providers) or 'none yet'}); "
-        f"models: {server.app.repository.describe()}",
+        f"(device {server.device}; providers {', '.join(server.providers) or 'none yet'}"
+        f"{metrics}); models: {server.app.repository.describe()}",
     )
     sys.stdout.flush()
     while not stop.wait(0.5):

@@ -8,10 +8,11 @@ import grpc
 class RequestError(Exception):
     """A request the server rejects; unary RPCs abort with it, the Score stream sends it in-band."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, limit: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.limit = limit
 
     @classmethod
     def invalid(cls, message: str) -> RequestError:
@@ -24,6 +25,6 @@ class RequestError(Exception):
         return cls(grpc.StatusCode.NOT_FOUND, message)
 
     @classmethod
-    def too_large(cls, message: str) -> RequestError:
-        """RESOURCE_EXHAUSTED: over a configured limit."""
-        return cls(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+    def too_large(cls, message: str, limit: str = "") -> RequestError:
+        """RESOURCE_EXHAUSTED: over a configured limit (`limit`: the setting's name)."""
+        return cls(grpc.StatusCode.RESOURCE_EXHAUSTED, message, limit)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -27,7 +29,7 @@ from vaeserve.common.manifest import (
     list_versions,
     load_manifest,
 )
-from vaeserve.server.batching import DynamicBatcher
+from vaeserve.server.batching import BatchObserver, DynamicBatcher
 from vaeserve.server.errors import RequestError
 from vaeserve.server.sessions import DeviceError, GraphRunner, SessionFactory
 from vaeserve.server.settings import ServerSettings
@@ -68,6 +70,8 @@ class LoadedModel:
     pvalues: dict[str, PValues]
     device: str
     loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+    warmup_seconds: float = 0.0
 
     @property
     def providers(self) -> list[str]:
@@ -87,6 +91,29 @@ class LoadedModel:
                 "re-export it with vae-export to get all four graphs",
             )
         return b
+
+    def report(self) -> dict[str, Any]:
+        """What was loaded: graphs with their providers and I/O, device, load and warm-up time."""
+        return {
+            "model": self.name,
+            "version": self.version,
+            "path": str(self.path),
+            "device": self.device,
+            "providers": self.providers,
+            "graphs": {
+                g: {"providers": r.providers, "inputs": r.input_names, "outputs": r.output_names}
+                for g, r in self.runners.items()
+            },
+            "input_dim": self.manifest.input_dim,
+            "latent_dim": self.manifest.latent_dim,
+            "cond_dim": self.manifest.cond_dim,
+            "load_s": round(self.load_seconds, 4),
+            "warmup_s": round(self.warmup_seconds, 4),
+        }
+
+
+# Makes the BatchObserver of one (model name, graph), or None for no observer.
+ObserverFactory = Callable[[str, str], BatchObserver | None]
 
 
 @dataclass
@@ -111,12 +138,17 @@ class ModelRepository:
     """Loaded versions by name; reads are lock-free (the mapping is replaced, never mutated)."""
 
     def __init__(
-        self, settings: ServerSettings, factory: SessionFactory, executor: Executor
+        self,
+        settings: ServerSettings,
+        factory: SessionFactory,
+        executor: Executor,
+        observers: ObserverFactory | None = None,
     ) -> None:
         self.root = Path(settings.model_repo)
         self.settings = settings
         self.factory = factory
         self.executor = executor
+        self.observers = observers
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._failed: dict[Path, tuple] = {}
         self._scan_lock = threading.Lock()
@@ -242,10 +274,12 @@ class ModelRepository:
         for graph in ("encoder", "scorer"):
             if graph not in runners:
                 raise LoadError(f"{path}: the manifest lists no {graph} graph")
+        t_warm = time.perf_counter()
         if self.settings.warmup:
             for graph, runner in runners.items():
                 for n in sorted({1, min(64, self.settings.max_batch_rows)}):
                     runner.run(_dummy_feeds(graph, manifest, n))
+        warmup_seconds = time.perf_counter() - t_warm
         batchers = {
             graph: DynamicBatcher(
                 runner,
@@ -254,6 +288,7 @@ class ModelRepository:
                 max_delay_s=self.settings.max_queue_delay_ms / 1000.0,
                 batch_axes={"noise": 1},
                 empty_outputs=_output_shapes(graph, manifest),
+                observer=self.observers(name, graph) if self.observers else None,
             )
             for graph, runner in runners.items()
         }
@@ -272,15 +307,19 @@ class ModelRepository:
             batchers=batchers,
             pvalues=pvalues,
             device=self.factory.device,
+            warmup_seconds=warmup_seconds,
         )
+        model.load_seconds = time.perf_counter() - t0
         log.info(
-            "loaded model %s version %d from %s on %s (%s) in %.2fs",
+            "loaded model %s version %d from %s on %s (%s) in %.2fs (warm-up %.3fs)",
             name,
             version,
             path,
             model.device,
             ", ".join(model.providers),
-            time.perf_counter() - t0,
+            model.load_seconds,
+            warmup_seconds,
+            extra={"fields": {"event": "model_loaded", **model.report()}},
         )
         return model
 

@@ -1,7 +1,8 @@
-"""The vae.v1 VaeService: request checks, calls into the batched graphs, response packing.
+"""The vae.v1 VaeService: its messages translated to and from the shared model operations.
 
-All per-batch work is numpy on whole arrays. Random draws use numpy's Generator(PCG64(seed))
-in float64, cast to float32, so a client can reproduce them:
+All per-batch work is numpy on whole arrays (server/ops.py, shared with the KServe v2
+servicer). Random draws use numpy's Generator(PCG64(seed)) in float64, cast to float32, so a
+client can reproduce them:
   Encode (sample=true): eps = standard_normal((n, latent_dim)); z = mu + exp(logvar / 2) * eps
   Sample:               z = standard_normal((n, latent_dim))
   Score (iw_samples=K): noise = standard_normal((K, n, latent_dim))
@@ -10,10 +11,8 @@ in float64, cast to float32, so a client can reproduce them:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import numpy as np
@@ -21,22 +20,29 @@ import numpy as np
 from vaeserve.common.tensors import TensorError, from_tensor, is_set, to_tensor
 from vaeserve.proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server.errors import RequestError
+from vaeserve.server.observability import Metrics, note_call
+from vaeserve.server.ops import (
+    Answer,
+    ModelOps,
+    RequestStream,
+    check_shape,
+    done,
+    draw_normal,
+    finite_float32,
+    label,
+    resolve_condition,
+    unary,
+)
 from vaeserve.server.repository import LoadedModel, ModelRepository
 from vaeserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
+__all__ = ["SCORE_KIND_NAMES", "SCORE_NAME_KINDS", "VaeServicer", "draw_normal", "read_matrix"]
+
 SCORE_KIND_NAMES = {vae_pb2.KL: "kl", vae_pb2.RECON_NLL: "recon_nll", vae_pb2.NEG_ELBO: "neg_elbo"}
 SCORE_NAME_KINDS = {v: k for k, v in SCORE_KIND_NAMES.items()}
 _NUMERIC = {vae_pb2.FLOAT32, vae_pb2.FLOAT64, vae_pb2.FLOAT16, vae_pb2.INT64}
-
-R = TypeVar("R")
-
-
-def draw_normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Standard normal float32 draws from Generator(PCG64(seed)) (float64 draws, cast)."""
-    rng = np.random.Generator(np.random.PCG64(seed))
-    return rng.standard_normal(shape).astype(np.float32)
 
 
 def _dtype_name(dtype: int) -> str:
@@ -59,99 +65,36 @@ def read_matrix(
             f"{what}: dtype {_dtype_name(t.dtype)} is not accepted; send FLOAT32 "
             "(FLOAT64, FLOAT16 and INT64 are converted to float32)"
         )
-    shape = list(t.shape)
-    if len(shape) != 2:
-        hint = f"; for one row send shape [1, {cols}]" if len(shape) == 1 else ""
-        raise RequestError.invalid(f"{what}: shape {shape} is not 2-D [n, {cols}]{hint}")
-    if shape[0] > max_rows:
-        raise RequestError.too_large(
-            f"{what} has {shape[0]} rows; this server takes at most {max_rows} rows per "
-            "request (setting max_request_rows); split the batch"
-        )
-    if shape[1] != cols:
-        raise RequestError.invalid(
-            f"{what} has {shape[1]} {col_word} per row but {owner} expects {cols}"
-        )
+    check_shape(list(t.shape), what, cols, col_word, owner, max_rows)
     try:
         a = from_tensor(t, what)
     except TensorError as exc:
         raise RequestError.invalid(str(exc)) from None
-    with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, caught below
-        a = a.astype(np.float32, copy=False)
-    if a.size and not np.isfinite(a).all():
-        bad = ~np.isfinite(a).all(axis=1)
-        count = int(bad.sum())
-        first = int(np.argmax(bad))
-        raise RequestError.invalid(
-            f"{what}: {count} of {a.shape[0]} rows hold NaN or inf (first at row index "
-            f"{first}; values beyond float32 range count as inf); drop or impute those rows"
-        )
-    return a
-
-
-def _label(model: LoadedModel) -> str:
-    return f"model {model.name!r} version {model.version}"
+    return finite_float32(a, what)
 
 
 def read_condition(
     t: vae_pb2.Tensor, model: LoadedModel, n: int, max_rows: int, broadcast: bool = False
 ) -> np.ndarray | None:
     """The condition rows a conditional model needs ([n, C]; [1, C] too when broadcast)."""
-    m = model.manifest
-    if m.cond_dim == 0:
-        if is_set(t):
-            raise RequestError.invalid(
-                f"{_label(model)} is unconditional (cond_dim 0); leave condition unset"
-            )
-        return None
-    classes = f" (one-hot over {', '.join(m.condition_classes)})" if m.condition_classes else ""
-    if not is_set(t):
-        raise RequestError.invalid(
-            f"{_label(model)} is conditional: send condition as FLOAT32 [n, {m.cond_dim}]{classes}"
-        )
-    c = read_matrix(t, "condition", m.cond_dim, "columns", _label(model), max_rows)
-    if c.shape[0] != n:
-        if broadcast and c.shape[0] == 1:
-            return np.repeat(c, n, axis=0)
-        also = " or [1, C] for all rows" if broadcast else ""
-        raise RequestError.invalid(
-            f"condition has {c.shape[0]} rows but there are {n} rows; send one condition "
-            f"row per row{also}"
-        )
-    return c
+    return resolve_condition(
+        model,
+        n,
+        is_set(t),
+        lambda: read_matrix(
+            t, "condition", model.manifest.cond_dim, "columns", label(model), max_rows
+        ),
+        broadcast,
+    )
 
 
-def _feeds(x_name: str, x: np.ndarray, cond: np.ndarray | None) -> dict[str, np.ndarray]:
-    feeds = {x_name: x}
-    if cond is not None:
-        feeds["cond"] = cond
-    return feeds
+def _declared_rows(req: vae_pb2.ScoreRequest) -> int:
+    """Rows a ScoreRequest says it carries (its rows tensor's first dimension)."""
+    return max(0, int(req.rows.shape[0])) if len(req.rows.shape) else 0
 
 
 def _ref(model: LoadedModel) -> vae_pb2.ModelRef:
     return vae_pb2.ModelRef(name=model.name, version=model.version)
-
-
-def unary(
-    fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]],
-) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
-    """Turn RequestError into a status and unexpected errors into INTERNAL (logged)."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
-        try:
-            self._check_ready()
-            return await fn(self, request, context)
-        except RequestError as exc:
-            await context.abort(exc.code, exc.message)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as exc:
-            log.exception("%s failed", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed: {exc}")
-        raise AssertionError("unreachable")  # abort always raises
-
-    return wrapper
 
 
 class _StreamModel:
@@ -170,10 +113,12 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         repository: ModelRepository,
         settings: ServerSettings,
         is_ready: Callable[[], bool] = lambda: True,
+        ops: ModelOps | None = None,
     ) -> None:
         self.repo = repository
         self.settings = settings
         self.is_ready = is_ready
+        self.ops = ops or ModelOps(repository, settings, Metrics())
 
     def _check_ready(self) -> None:
         if not self.is_ready():
@@ -183,12 +128,13 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             )
 
     def _model(self, ref: vae_pb2.ModelRef) -> LoadedModel:
-        return self.repo.get(ref.name, ref.version)
+        return self.ops.model(ref.name, ref.version)
 
     def _rows(self, t: vae_pb2.Tensor, model: LoadedModel, what: str = "rows") -> np.ndarray:
         m = model.manifest
+        note_call(rows=max(0, int(t.shape[0])) if len(t.shape) else 0)  # what was sent
         return read_matrix(
-            t, what, m.input_dim, "features", _label(model), self.settings.max_request_rows
+            t, what, m.input_dim, "features", label(model), self.settings.max_request_rows
         )
 
     # ---- unary RPCs ----------------------------------------------------------------------
@@ -201,7 +147,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         x = self._rows(request.rows, model)
         n = x.shape[0]
         cond = read_condition(request.condition, model, n, self.settings.max_request_rows)
-        out = await model.batcher("encoder").run(_feeds("x", x, cond), n)
+        out = await self.ops.encode(model, x, cond)
         resp = vae_pb2.EncodeResponse(
             model=_ref(model), mu=to_tensor(out["mu"]), logvar=to_tensor(out["logvar"])
         )
@@ -218,17 +164,18 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         """z -> rows in raw feature units."""
         model = self._model(request.model)
         m = model.manifest
+        note_call(rows=max(0, int(request.z.shape[0])) if len(request.z.shape) else 0)
         z = read_matrix(
             request.z,
             "z",
             m.latent_dim,
             "latent dimensions",
-            _label(model),
+            label(model),
             self.settings.max_request_rows,
         )
         n = z.shape[0]
         cond = read_condition(request.condition, model, n, self.settings.max_request_rows)
-        out = await model.batcher("decoder").run(_feeds("z", z, cond), n)
+        out = await self.ops.decode(model, z, cond)
         return vae_pb2.DecodeResponse(model=_ref(model), rows=to_tensor(out["x_hat"]))
 
     @unary
@@ -238,18 +185,20 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         """n draws z ~ N(0, I) from the seed, decoded."""
         model = self._model(request.model)
         n = int(request.n)
+        note_call(rows=n)
         if n < 1:
             raise RequestError.invalid("n must be at least 1 (the number of rows to generate)")
         if n > self.settings.max_request_rows:
             raise RequestError.too_large(
                 f"n = {n} is over this server's limit of {self.settings.max_request_rows} rows "
-                "per request (setting max_request_rows); ask in several calls"
+                "per request (setting max_request_rows); ask in several calls",
+                limit="max_request_rows",
             )
         cond = read_condition(
             request.condition, model, n, self.settings.max_request_rows, broadcast=True
         )
         z = draw_normal(request.seed, (n, model.manifest.latent_dim))
-        out = await model.batcher("decoder").run(_feeds("z", z, cond), n)
+        out = await self.ops.decode(model, z, cond)
         return vae_pb2.SampleResponse(
             model=_ref(model), rows=to_tensor(out["x_hat"]), z=to_tensor(z)
         )
@@ -263,9 +212,9 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         x = self._rows(request.rows, model)
         n = x.shape[0]
         cond = read_condition(request.condition, model, n, self.settings.max_request_rows)
-        decoder = model.batcher("decoder")
-        enc = await model.batcher("encoder").run(_feeds("x", x, cond), n)
-        out = await decoder.run(_feeds("z", enc["mu"], cond), n)
+        model.batcher("decoder")  # FAILED_PRECONDITION before any work when it is missing
+        enc = await self.ops.encode(model, x, cond)
+        out = await self.ops.decode(model, enc["mu"], cond)
         return vae_pb2.ReconstructResponse(model=_ref(model), rows=to_tensor(out["x_hat"]))
 
     @unary
@@ -327,36 +276,16 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         except RequestError as exc:
             await context.abort(exc.code, exc.message)
         pinned = _StreamModel()
-        queue: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(
-            maxsize=self.settings.stream_pipeline_depth
+        stream: RequestStream[vae_pb2.ScoreRequest, vae_pb2.ScoreResponse] = RequestStream(
+            start=lambda req: self._start_batch(req, pinned),
+            rows=_declared_rows,
+            reject=lambda req, exc: self._error_answer(req, exc, pinned),
+            depth=self.settings.stream_pipeline_depth,
+            max_inflight_rows=self.settings.max_stream_inflight_rows,
+            metrics=self.ops.metrics,
         )
-        read_error: list[BaseException] = []
-
-        async def reader() -> None:
-            try:
-                async for req in request_iterator:
-                    await queue.put(self._start_batch(req, pinned))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the call broke (e.g. cancelled by the peer)
-                read_error.append(exc)
-            await queue.put(None)
-
-        reader_task = asyncio.create_task(reader(), name="score-reader")
-        try:
-            while True:
-                fut = await queue.get()
-                if fut is None:
-                    break
-                yield await fut
-            if read_error:
-                raise read_error[0]
-        finally:
-            reader_task.cancel()
-            while not queue.empty():
-                fut = queue.get_nowait()
-                if fut is not None:
-                    fut.cancel()
+        async for resp in stream.run(request_iterator):
+            yield resp
 
     def _start_batch(self, req: vae_pb2.ScoreRequest, pinned: _StreamModel) -> asyncio.Future:
         """Resolve the stream's model in message order, then score the batch in a task."""
@@ -376,31 +305,43 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
                 pinned.model = self.repo.get(name, version)
             model = pinned.model
         except RequestError as exc:
-            return _done(self._error_response(req, exc))
+            return done(self._error_answer(req, exc, pinned))
         return asyncio.ensure_future(self._score_batch(req, model))
 
-    def _error_response(
-        self, req: vae_pb2.ScoreRequest, exc: RequestError
-    ) -> vae_pb2.ScoreResponse:
-        return vae_pb2.ScoreResponse(
-            batch_id=req.batch_id,
-            error=vae_pb2.Error(code=exc.code.value[0], message=exc.message),
+    def _error_answer(
+        self, req: vae_pb2.ScoreRequest, exc: RequestError, pinned: _StreamModel | None = None
+    ) -> Answer[vae_pb2.ScoreResponse]:
+        self.ops.metrics.rejected(exc)
+        model = pinned.model.name if pinned is not None and pinned.model is not None else ""
+        return Answer(
+            vae_pb2.ScoreResponse(
+                batch_id=req.batch_id,
+                error=vae_pb2.Error(code=exc.code.value[0], message=exc.message),
+            ),
+            model=model,
+            code=exc.code,
+            rows=_declared_rows(req),
         )
 
     async def _score_batch(
         self, req: vae_pb2.ScoreRequest, model: LoadedModel
-    ) -> vae_pb2.ScoreResponse:
+    ) -> Answer[vae_pb2.ScoreResponse]:
         try:
-            return await self._score(req, model)
+            resp = await self._score(req, model)
+            return Answer(resp, model=model.name, rows=_declared_rows(req))
         except RequestError as exc:
-            return self._error_response(req, exc)
+            answer = self._error_answer(req, exc)
+            answer.model = model.name
+            return answer
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("scoring batch %r failed", req.batch_id)
-            return self._error_response(
+            answer = self._error_answer(
                 req, RequestError(grpc.StatusCode.INTERNAL, f"scoring failed: {exc}")
             )
+            answer.model = model.name
+            return answer
 
     async def _score(self, req: vae_pb2.ScoreRequest, model: LoadedModel) -> vae_pb2.ScoreResponse:
         m = model.manifest
@@ -430,53 +371,24 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             raise RequestError.invalid(
                 f"score {req.score} is not a ScoreKind; use KL, RECON_NLL or NEG_ELBO"
             )
-        if req.HasField("threshold"):
-            threshold = float(req.threshold)
-            if not np.isfinite(threshold):
-                raise RequestError.invalid("threshold must be a finite number (nats)")
-        elif score in m.calibration.thresholds:
-            threshold = float(m.calibration.thresholds[score])
-        else:
-            raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"{_label(model)} has no calibrated threshold for {score}; send threshold",
-            )
-        k = int(req.iw_samples)
-        if k > self.settings.max_iw_samples:
-            raise RequestError.too_large(
-                f"iw_samples = {k} is over this server's limit of {self.settings.max_iw_samples} "
-                "(setting max_iw_samples)"
-            )
-        feeds = _feeds("x", x, cond)
-        jobs = [model.batcher("scorer").run(feeds, n)]
-        if k > 0:
-            noise = draw_normal(req.seed, (k, n, m.latent_dim))
-            jobs.append(model.batcher("iw_scorer").run({**feeds, "noise": noise}, n, key=k))
-        outs = await asyncio.gather(*jobs)
-        out = outs[0]
-        flag = np.asarray(out[score])
-        pvalues = model.pvalues.get(score)
-        p = pvalues(flag) if pvalues is not None else np.full(n, np.nan, np.float64)
+        threshold = float(req.threshold) if req.HasField("threshold") else None
+        result = await self.ops.score(
+            model, x, cond, score, threshold, iw_samples=int(req.iw_samples), seed=req.seed
+        )
         resp = vae_pb2.ScoreResponse(
             batch_id=req.batch_id,
             model=_ref(model),
             row_ids=to_tensor(ids),
-            kl=to_tensor(out["kl"]),
-            recon_nll=to_tensor(out["recon_nll"]),
-            neg_elbo=to_tensor(out["neg_elbo"]),
-            p_value=to_tensor(np.asarray(p, np.float64)),
-            is_anomaly=to_tensor(flag > threshold),
-            score=SCORE_NAME_KINDS[score],
-            threshold=threshold,
+            kl=to_tensor(result.kl),
+            recon_nll=to_tensor(result.recon_nll),
+            neg_elbo=to_tensor(result.neg_elbo),
+            p_value=to_tensor(result.p_value),
+            is_anomaly=to_tensor(result.is_anomaly),
+            score=SCORE_NAME_KINDS[result.score],
+            threshold=result.threshold,
         )
         if req.include_kl_per_dim:
-            resp.kl_per_dim.CopyFrom(to_tensor(out["kl_per_dim"]))
-        if k > 0:
-            resp.iw_nll.CopyFrom(to_tensor(outs[1]["iw_nll"]))
+            resp.kl_per_dim.CopyFrom(to_tensor(result.kl_per_dim))
+        if result.iw_nll is not None:
+            resp.iw_nll.CopyFrom(to_tensor(result.iw_nll))
         return resp
-
-
-def _done(value: Any) -> asyncio.Future:
-    fut = asyncio.get_running_loop().create_future()
-    fut.set_result(value)
-    return fut

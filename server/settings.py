@@ -2,7 +2,8 @@
 
 Precedence, lowest first: field defaults, the config file (TOML or JSON), environment
 variables named VAESERVE_<FIELD> (e.g. VAESERVE_MODEL_REPO, VAESERVE_PORT), explicit overrides
-(the CLI's flags or keyword arguments).
+(the CLI's flags or keyword arguments). Secrets (`tokens`) have no flag, so they never show
+in a process listing, and are redacted wherever settings are printed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +25,11 @@ CONFIG_ENV = "VAESERVE_CONFIG"
 Device = Literal["auto", "cuda", "cpu"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
+
+# Settings that hold secrets: no CLI flag (environment or config file only), redacted in print.
+SECRETS = frozenset({"tokens"})
+REDACTED = "<redacted>"
 
 
 # What each setting does (CLI help).
@@ -50,6 +57,25 @@ HELP: dict[str, str] = {
     "grace_s": "on SIGTERM, seconds in-flight calls get to finish",
     "warmup": "run each graph once at load, before it is reported SERVING",
     "verify_hashes": "check each graph's sha256 against its manifest at load",
+    "kserve": "also serve the KServe v2 / Open Inference Protocol (inference.GRPCInferenceService)",
+    "tls_cert": "PEM server certificate (chain); with tls_key turns TLS on",
+    "tls_key": "PEM private key of tls_cert",
+    "tls_client_ca": "PEM CA bundle; clients must present a certificate it signed (mutual TLS)",
+    "token_file": "file of accepted bearer tokens, one per line (# comments); turns token auth on",
+    "tokens": (
+        "accepted bearer tokens, comma-separated; turns token auth on (secret: environment "
+        "or config file only, no flag)"
+    ),
+    "open_health": "let grpc.health.v1 checks through without a token (for probes)",
+    "max_streams": "most streams (Score, ModelStreamInfer) open at once; 0: no limit",
+    "max_stream_inflight_rows": (
+        "most rows one stream may have received but not yet answered; a message over it is "
+        "answered RESOURCE_EXHAUSTED in the stream; 0: no limit"
+    ),
+    "metrics_port": "port of the Prometheus /metrics HTTP endpoint; 0: no endpoint",
+    "metrics_host": "address the metrics endpoint listens on; empty: the same as host",
+    "log_format": "text: human-readable lines; json: one JSON object per line",
+    "access_log": "log one line per call and per stream (rpc, model, code, rows, time, id)",
     "log_level": "logging level",
 }
 
@@ -82,6 +108,19 @@ class ServerSettings:
     grace_s: float = 10.0
     warmup: bool = True
     verify_hashes: bool = True
+    kserve: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    token_file: Path | None = None
+    tokens: str = dataclasses.field(default="", repr=False)
+    open_health: bool = True
+    max_streams: int = 64
+    max_stream_inflight_rows: int = 65536
+    metrics_port: int = 0
+    metrics_host: str = ""
+    log_format: LogFormat = "text"
+    access_log: bool = True
     log_level: LogLevel = "INFO"
 
     def __post_init__(self) -> None:
@@ -112,6 +151,29 @@ class ServerSettings:
         need(self.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0")
         need(self.poll_interval_s >= 0, "poll_interval_s must be >= 0 (0 turns polling off)")
         need(self.grace_s >= 0, "grace_s must be >= 0")
+        need(
+            (self.tls_cert is None) == (self.tls_key is None),
+            "tls_cert and tls_key go together: give both (TLS) or neither (plaintext)",
+        )
+        need(
+            self.tls_client_ca is None or self.tls_cert is not None,
+            "tls_client_ca (mutual TLS) needs TLS: give tls_cert and tls_key too",
+        )
+        need(self.max_streams >= 0, "max_streams must be >= 0 (0: no limit)")
+        need(self.max_stream_inflight_rows >= 0, "max_stream_inflight_rows must be >= 0")
+        need(
+            0 <= self.metrics_port <= 65535, f"metrics_port {self.metrics_port} is not in 0..65535"
+        )
+
+    @property
+    def tls(self) -> bool:
+        """True when the server listens with TLS."""
+        return self.tls_cert is not None
+
+    @property
+    def token_auth(self) -> bool:
+        """True when calls need a bearer token."""
+        return bool(self.tokens.strip()) or self.token_file is not None
 
     @property
     def address(self) -> str:
@@ -130,29 +192,66 @@ class ServerSettings:
         cls,
         config: str | Path | None = None,
         env: Mapping[str, str] | None = None,
+        sources: dict[str, str] | None = None,
         **overrides: Any,
     ) -> ServerSettings:
         """Merge defaults < config file < VAESERVE_* env < overrides (None values are skipped).
 
         `env` defaults to os.environ; the config path may also come from VAESERVE_CONFIG.
+        When `sources` is a dict it is filled with where each setting's value came from.
         """
         env = os.environ if env is None else env
         hints = _hints()
         values: dict[str, Any] = {}
+        origin = dict.fromkeys(hints, "default")
         config = config or env.get(CONFIG_ENV) or None
         if config is not None:
             for key, value in read_config_file(Path(config)).items():
                 values[key] = _coerce(key, hints[key], value, f"config file {config}")
+                origin[key] = f"config file {config}"
         for name in hints:
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":
                 values[name] = _coerce(name, hints[name], raw, ENV_PREFIX + name.upper())
+                origin[name] = f"env {ENV_PREFIX + name.upper()}"
         for name, value in overrides.items():
             if name not in hints:
                 raise SettingsError(f"unknown setting {name!r}; known: {', '.join(hints)}")
             if value is not None:
                 values[name] = _coerce(name, hints[name], value, "argument")
+                origin[name] = "flag"
+        if sources is not None:
+            sources.update(origin)
         return cls(**values)
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting by name, secrets replaced by "<redacted>" (empty secrets stay empty)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = REDACTED if f.name in SECRETS and value else value
+        return out
+
+    def to_toml(self, sources: Mapping[str, str] | None = None) -> str:
+        """The effective settings as a `[server]` TOML table (secrets redacted), one per line.
+
+        With `sources`, each line ends with a comment saying where its value came from.
+        """
+        lines = ["[server]"]
+        for name, value in self.redacted().items():
+            line = f"# {name} = (unset)" if value is None else f"{name} = {_toml_value(value)}"
+            if sources is not None:
+                line = f"{line:<48} # {sources.get(name, 'default')}"
+            lines.append(line)
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
 
 
 def field_help() -> dict[str, str]:
@@ -220,9 +319,23 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def optional_inner(tp: Any) -> Any | None:
+    """For `X | None` the type X, else None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0]
+    return None
+
+
 def _coerce(name: str, tp: Any, value: Any, source: str) -> Any:
     """Convert `value` to the setting's type; SettingsError names the setting and source."""
     where = f"{name} (from {source})"
+    inner = optional_inner(tp)
+    if inner is not None:
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            return None
+        return _coerce(name, inner, value, source)
     if typing.get_origin(tp) is Literal:
         choices = typing.get_args(tp)
         v = str(value)

@@ -73,3 +73,31 @@ def test_config_file_errors(tmp_path: Path) -> None:
 
 def test_every_setting_has_help() -> None:
     assert set(HELP) == set(field_types())
+
+
+def test_security_and_observability_settings(tmp_path: Path) -> None:
+    env = {
+        "VAESERVE_MODEL_REPO": "/r",
+        "VAESERVE_TLS_CERT": "/c.pem",
+        "VAESERVE_TLS_KEY": "/k.pem",
+        "VAESERVE_TLS_CLIENT_CA": "",  # empty: unset
+        "VAESERVE_TOKENS": "a,b",
+        "VAESERVE_LOG_FORMAT": "JSON",
+        "VAESERVE_METRICS_PORT": "9100",
+        "VAESERVE_OPEN_HEALTH": "no",
+    }
+    sources: dict[str, str] = {}
+    s = ServerSettings.load(env=env, sources=sources, max_streams=3)
+    assert s.tls_cert == Path("/c.pem") and s.tls_client_ca is None and s.tls and s.token_auth
+    assert s.log_format == "json" and s.metrics_port == 9100 and s.open_health is False
+    assert sources["max_streams"] == "flag" and sources["tokens"] == "env VAESERVE_TOKENS"
+    assert sources["port"] == "default"
+    assert "a,b" not in repr(s) and s.redacted()["tokens"] == "<redacted>"
+    assert ServerSettings(model_repo="/r").redacted()["tokens"] == ""
+    defaults = ServerSettings(model_repo="/r")
+    assert defaults.kserve and not defaults.tls and not defaults.token_auth
+    assert defaults.metrics_port == 0 and defaults.max_streams == 64
+    with pytest.raises(SettingsError, match="metrics_port 70000"):
+        ServerSettings(model_repo="/r", metrics_port=70000)
+    with pytest.raises(SettingsError, match="max_streams must be >= 0"):
+        ServerSettings(model_repo="/r", max_streams=-1)
