@@ -64,12 +64,14 @@ def test_resume_refuses_other_data(tmp_path: Path) -> None:
         train(quick_config(tmp_path / "r", epochs=2, data="builtin:breast_cancer"), resume=True)
 
 
+@pytest.mark.filterwarnings("ignore::vaeserve.training.loop.PosteriorCollapseWarning")
 def test_higher_beta_gives_less_kl(tmp_path: Path) -> None:
     low = train(quick_config(tmp_path / "b1", epochs=10, beta=0.5))
     high = train(quick_config(tmp_path / "b4", epochs=10, beta=4.0))
     assert high.history[-1]["val_kl"] < low.history[-1]["val_kl"]
 
 
+@pytest.mark.filterwarnings("ignore::vaeserve.training.loop.PosteriorCollapseWarning")
 def test_free_bits_keep_kl_above_floor(tmp_path: Path) -> None:
     base = train(quick_config(tmp_path / "fb0", epochs=8, beta=8.0))
     floored = train(quick_config(tmp_path / "fb", epochs=8, beta=8.0, free_bits=0.5))
@@ -89,12 +91,14 @@ def test_posterior_collapse_warns(tmp_path: Path) -> None:
     assert res.history[-1]["active_units"] == 0
 
 
+@pytest.mark.filterwarnings("ignore::vaeserve.training.loop.PosteriorCollapseWarning")
 def test_early_stopping_stops(tmp_path: Path) -> None:
     res = train(quick_config(tmp_path / "es", epochs=200, patience=2, lr=0.05))
     assert res.stopped_early and res.epochs_run < 200
     assert res.best_epoch == res.epochs_run - 2
 
 
+@pytest.mark.filterwarnings("ignore::vaeserve.training.loop.PosteriorCollapseWarning")
 def test_conditional_and_one_class_and_bernoulli(tmp_path: Path) -> None:
     cond = train(quick_config(tmp_path / "cvae", epochs=2, condition_on_label=True))
     state = torch.load(cond.run_dir / MODEL_FILE, weights_only=False)
