@@ -42,12 +42,13 @@ def from_tensor(tensor: vae_pb2.Tensor, what: str = "tensor") -> np.ndarray:
     if any(d < 0 for d in shape):
         raise TensorError(f"{what}: shape {list(shape)} has a negative dimension")
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(tensor.data) != expected:
+    data = tensor.data  # each attribute read copies the payload: read it once
+    if len(data) != expected:
         raise TensorError(
-            f"{what}: {len(tensor.data)} bytes do not match shape {list(shape)} of "
+            f"{what}: {len(data)} bytes do not match shape {list(shape)} of "
             f"{np.dtype(dtype).name} ({expected} bytes expected)"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def is_set(tensor: vae_pb2.Tensor) -> bool:

@@ -22,6 +22,7 @@ class FakeRunner:
     """Stands in for a GraphRunner: y = 2x + row sum, noise summed over K; records batch sizes."""
 
     name = "fake"
+    device = "test"  # not "cpu": its calls block on a gate, so they must run in the pool
 
     def __init__(self, fail_on: float | None = None) -> None:
         self.calls: list[int] = []
@@ -76,6 +77,34 @@ def test_merges_concurrent_requests_and_splits_back() -> None:
             np.testing.assert_array_equal(out["n"], np.full((len(x), 2), 4 * i, np.float32))
 
     asyncio.run(main())
+
+
+def test_small_cpu_calls_run_inline_large_ones_in_the_pool() -> None:
+    class ThreadRecorder(FakeRunner):
+        device = "cpu"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.threads: list[str] = []
+
+        def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            self.threads.append(threading.current_thread().name)
+            return super().run(feeds)
+
+    runner = ThreadRecorder()
+    b = _batcher(runner, max_rows=4096)
+
+    async def main() -> None:
+        small = await b.run({"x": _x(1, 0)}, 1)
+        large = await b.run({"x": _x(500, 0)}, 500)
+        iw = await b.run({"x": _x(1, 0), "noise": np.ones((8, 1, 2), np.float32)}, 1, key=8)
+        np.testing.assert_array_equal(small["y"], 2 * _x(1, 0))
+        assert large["y"].shape == (500, 3) and iw["n"].shape == (1, 2)
+
+    asyncio.run(main())
+    main_thread = threading.main_thread().name
+    assert runner.threads[0] == main_thread  # one row: no hop to the pool
+    assert runner.threads[1] != main_thread and runner.threads[2] != main_thread
 
 
 def test_respects_max_rows_and_keys() -> None:
