@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("pyod")
-pytest.importorskip("sklearn")
-
 from benchmarks.quality import METHODS, OUR_SCORES, main, markdown_tables
 
 

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("pyod")
-
 from benchmarks.run import render
 from benchmarks.throughput import (
     SYSTEMS,
