@@ -30,6 +30,7 @@ CHECKPOINT_FILE = "checkpoint.pt"  # the full training state, for --resume
 MODEL_FILE = "model.pt"  # the best model, calibrated, for vae-export
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
+COLLAPSE_GRACE_STEPS = 200  # no collapse warning mid-run before this many optimiser steps
 ACTIVE_UNIT_THRESHOLD = 0.01  # Cov_x(E[z|x]) above this makes a unit active (Burda et al.)
 
 
@@ -264,9 +265,11 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             **metrics,
             "seconds": time.perf_counter() - epoch_start,
         }
-        # a fresh network has no active units yet: judge collapse once warm-up is over
-        grace = max(5, config.warmup_epochs if config.warmup == "linear" else 0)
-        if metrics["active_units"] == 0 and epoch + 1 >= grace and not warned:
+        # a fresh network has no active units yet: judge collapse only after enough
+        # optimiser steps (small data sets take few per epoch) and after a linear warm-up
+        warmup = config.warmup_epochs if config.warmup == "linear" else 0
+        grace_steps = max(COLLAPSE_GRACE_STEPS, max(5, warmup) * steps_per_epoch)
+        if metrics["active_units"] == 0 and step >= grace_steps and not warned:
             warned = True
             message = (
                 f"posterior collapse: no active latent units at epoch {epoch + 1} "
