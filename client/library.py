@@ -472,17 +472,7 @@ class VaeClient:
         timeout: float | None = None,
     ) -> np.ndarray:
         """Decoder output of each latent row, in raw feature units."""
-        zz = _as_rows(z, "z")
-        cond = self._condition(condition, len(zz))
-        ref = parse_model(model)
-        out = []
-        for s, e in _ranges(len(zz), self._split(zz.shape[1], model)):
-            request = vae_pb2.DecodeRequest(model=ref, z=to_tensor(zz[s:e]))
-            if cond is not None:
-                request.condition.CopyFrom(to_tensor(cond[s:e]))
-            reply = self._unary(self._stub.Decode, request, "Decode", timeout)
-            out.append(self._array(reply.rows, "rows"))
-        return np.concatenate(out)
+        return self._rows_to_rows("Decode", _as_rows(z, "z"), model, condition, timeout)
 
     def reconstruct(
         self,
@@ -493,15 +483,24 @@ class VaeClient:
         timeout: float | None = None,
     ) -> np.ndarray:
         """decoder(posterior mean) of each row: what the model makes of it."""
-        x = _as_rows(rows, "rows")
+        return self._rows_to_rows("Reconstruct", _as_rows(rows, "rows"), model, condition, timeout)
+
+    def _rows_to_rows(
+        self, rpc: str, x: np.ndarray, model: ModelLike, condition: Any, timeout: float | None
+    ) -> np.ndarray:
+        """Decode / Reconstruct: rows in, rows out, split to fit the server's limits."""
+        request_type, field = {
+            "Decode": (vae_pb2.DecodeRequest, "z"),
+            "Reconstruct": (vae_pb2.ReconstructRequest, "rows"),
+        }[rpc]
         cond = self._condition(condition, len(x))
         ref = parse_model(model)
         out = []
         for s, e in _ranges(len(x), self._split(x.shape[1], model)):
-            request = vae_pb2.ReconstructRequest(model=ref, rows=to_tensor(x[s:e]))
+            request = request_type(model=ref, **{field: to_tensor(x[s:e])})
             if cond is not None:
                 request.condition.CopyFrom(to_tensor(cond[s:e]))
-            reply = self._unary(self._stub.Reconstruct, request, "Reconstruct", timeout)
+            reply = self._unary(getattr(self._stub, rpc), request, rpc, timeout)
             out.append(self._array(reply.rows, "rows"))
         return np.concatenate(out)
 
