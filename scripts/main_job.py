@@ -95,7 +95,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--normal-digit", default="0")
     parser.add_argument("--out", default=str(ROOT / "out" / "demo"))
-    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--epochs", type=int, help="epoch cap (default: vae-train's budget)")
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -123,8 +123,7 @@ def main() -> int:
             str(out / "train.npy"),
             "--run-dir",
             str(run_dir),
-            "--epochs",
-            str(args.epochs),
+            *(["--epochs", str(args.epochs)] if args.epochs else []),
             "--quiet",
         ]
     )

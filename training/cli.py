@@ -59,11 +59,19 @@ D = TrainConfig()
 @click.option("--warmup-epochs", default=D.warmup_epochs, type=int, help="Linear warm-up length.")
 @click.option("--cycles", default=D.cycles, type=int, help="Cyclical schedule: cycles per run.")
 @click.option("--free-bits", default=D.free_bits, type=float, help="Per-dimension KL floor (nats).")
-@click.option("--epochs", default=D.epochs, type=int)
+@click.option(
+    "--epochs",
+    default=None,
+    type=int,
+    help="Epoch cap [default: enough for 2000 optimiser steps, at least 200].",
+)
 @click.option("--batch-size", default=D.batch_size, type=int)
 @click.option("--lr", default=D.lr, type=float)
 @click.option(
-    "--patience", default=D.patience, type=int, help="Early-stopping patience; 0 disables."
+    "--patience",
+    default=None,
+    type=int,
+    help="Early-stopping patience in epochs; 0 disables [default: 100 steps, at least 20].",
 )
 @click.option("--seed", default=D.seed, type=int)
 @click.option("--threads", default=None, type=int, help="torch CPU threads.")
@@ -90,6 +98,7 @@ def main(columns: str | None, hidden: str, resume: bool, quiet: bool, **options:
     summary = {
         "run_dir": str(result.run_dir),
         "epochs_run": result.epochs_run,
+        "epoch_budget": result.epoch_budget,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
         "seconds": round(result.seconds, 2),

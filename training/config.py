@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Likelihood = Literal["gaussian", "bernoulli"]
 Warmup = Literal["none", "linear", "cyclical"]
+
+# the automatic training budget (TrainConfig.budget)
+MIN_STEPS = 2000
+MIN_EPOCHS = 200
+PATIENCE_STEPS = 100
+PATIENCE_EPOCHS = 20
 
 
 @dataclass
@@ -40,11 +47,13 @@ class TrainConfig:
     cycle_ratio: float = 0.5  # cyclical: fraction of each cycle spent increasing beta
     free_bits: float = 0.0  # per-dimension KL floor in nats (Kingma et al. 2016)
     # optimisation
-    epochs: int = 200
+    # None: sized by optimiser steps, so small data sets (few steps per epoch) still train
+    # (see TrainConfig.budget)
+    epochs: int | None = None
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 20  # early stopping on validation negative ELBO; 0 disables it
+    patience: int | None = None  # early stopping on validation -ELBO; 0 disables; None: auto
     seed: int = 0
     threads: int | None = None
     # calibration
@@ -60,6 +69,17 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    def budget(self, steps_per_epoch: int) -> tuple[int, int]:
+        """(epoch cap, patience in epochs): the configured values, or where None, enough epochs
+        for MIN_STEPS (at least MIN_EPOCHS) and patience for PATIENCE_STEPS (at least
+        PATIENCE_EPOCHS). One-class splits of ~100 rows take one step per epoch: a fixed 200
+        epochs left most of them still improving on validation."""
+        epochs = self.epochs or max(MIN_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+        patience = self.patience
+        if patience is None:
+            patience = max(PATIENCE_EPOCHS, math.ceil(PATIENCE_STEPS / steps_per_epoch))
+        return epochs, patience
+
     def validate(self) -> None:
         """Raise ValueError for settings that cannot train."""
         checks = [
@@ -69,7 +89,9 @@ class TrainConfig:
             (self.beta >= 0.0, "beta must be >= 0"),
             (self.free_bits >= 0.0, "free_bits must be >= 0"),
             (self.logvar_min < self.logvar_max, "logvar_min must be below logvar_max"),
-            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (self.epochs is None or self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.patience is None or self.patience >= 0, "patience must be >= 0"),
             (self.cycles >= 1 and 0.0 < self.cycle_ratio <= 1.0, "cycles >= 1, ratio in (0,1]"),
             (0.0 < self.threshold_quantile < 1.0, "threshold_quantile must be in (0, 1)"),
             (self.likelihood in ("gaussian", "bernoulli"), "likelihood: gaussian|bernoulli"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -58,6 +59,8 @@ class TrainResult:
     run_dir: Path
     best_epoch: int
     epochs_run: int
+    epoch_budget: int  # the epoch cap that applied (TrainConfig.budget)
+    patience: int  # early-stopping patience in epochs that applied
     stopped_early: bool
     seconds: float
     best_metrics: dict[str, Any]
@@ -219,17 +222,24 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     n = prep.x_train.shape[0]
     steps_per_epoch = -(-n // config.batch_size)
+    epochs, patience = config.budget(steps_per_epoch)
+    config = dataclasses.replace(config, epochs=epochs, patience=patience)  # what runs, saved
+    log.info(
+        "%d training rows, %d steps per epoch: up to %d epochs, patience %d",
+        n,
+        steps_per_epoch,
+        epochs,
+        patience,
+    )
     show = config.progress and sys.stderr.isatty()
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=config.epochs, initial=start_epoch, desc="train", unit="epoch", disable=not show
-    )
+    bar = tqdm(total=epochs, initial=start_epoch, desc="train", unit="epoch", disable=not show)
     stopped_early = False
     epoch = start_epoch
     warned = False
-    for epoch in range(start_epoch, config.epochs):
-        if config.patience and bad_epochs >= config.patience:
+    for epoch in range(start_epoch, epochs):
+        if patience and bad_epochs >= patience:
             stopped_early = True
             break
         epoch_start = time.perf_counter()
@@ -352,6 +362,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         run_dir=run_dir,
         best_epoch=best_epoch,
         epochs_run=len(history),
+        epoch_budget=epochs,
+        patience=patience,
         stopped_early=stopped_early,
         seconds=time.perf_counter() - started,
         best_metrics=best_metrics,

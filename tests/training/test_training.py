@@ -43,6 +43,28 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path: Path) -> None:
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
+def test_default_budget_counts_optimiser_steps() -> None:
+    from vaeserve.training import TrainConfig
+
+    assert TrainConfig().budget(steps_per_epoch=12) == (200, 20)  # all digits, batch 128
+    assert TrainConfig().budget(steps_per_epoch=1) == (2000, 100)  # a one-class split
+    assert TrainConfig().budget(steps_per_epoch=3) == (667, 34)
+    assert TrainConfig(epochs=7, patience=3).budget(steps_per_epoch=1) == (7, 3)
+    assert TrainConfig(patience=0).budget(steps_per_epoch=1) == (2000, 0)
+
+
+def test_small_data_gets_the_step_budget(tmp_path: Path) -> None:
+    from vaeserve.training.data import load_builtin
+
+    data = tmp_path / "small.npy"
+    np.save(data, load_builtin("digits").x[:80])  # 64 train rows: one step per epoch
+    result = train(quick_config(tmp_path / "r", data=str(data), epochs=None, patience=3))
+    assert (result.epoch_budget, result.patience) == (2000, 3)
+    assert result.stopped_early and result.epochs_run < 2000
+    saved = torch.load(result.run_dir / MODEL_FILE, weights_only=False)["config"]
+    assert (saved["epochs"], saved["patience"]) == (2000, 3)  # what applied, not "auto"
+
+
 def test_resume_continues_identically(tmp_path: Path) -> None:
     straight = train(
         quick_config(tmp_path / "straight", epochs=6, warmup="linear", warmup_epochs=4)
