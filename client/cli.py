@@ -28,6 +28,7 @@ from vaeserve.client.jobs import (
     lerp,
     print_summary,
     run_score_job,
+    sample_to_file,
     slerp,
     transform_file,
     write_rows,
@@ -369,18 +370,22 @@ _transform_command(
 @connection_options
 @handle_errors
 def sample(count: int, **kwargs: Any) -> None:
-    """Generate --n rows from z ~ N(0, I) and write them (feature columns)."""
+    """Generate --n rows from z ~ N(0, I) and write them (feature columns), request by request."""
     conn = _split(kwargs)
     with _client(conn) as client:
         info = client.model_info(kwargs["model"], cached=True)
-        cond = condition_rows(info, kwargs["condition"])
-        result = client.sample(count, model=kwargs["model"], seed=kwargs["seed"], condition=cond)
-    names = info.feature_names or [f"x{i}" for i in range(info.input_dim)]
-    matrix = result.rows
-    if kwargs["with_z"]:
-        names = list(names) + [f"z_{d}" for d in range(info.latent_dim)]
-        matrix = np.concatenate([result.rows, result.z], axis=1)
-    write_rows(kwargs["output"], matrix, names, output_format=kwargs["output_format"])
+        rows = sample_to_file(
+            client,
+            kwargs["output"],
+            count,
+            model=kwargs["model"],
+            seed=kwargs["seed"],
+            condition=condition_rows(info, kwargs["condition"]),
+            with_z=kwargs["with_z"],
+            output_format=kwargs["output_format"],
+        )
+    if kwargs["output"] != "-":
+        click.echo(f"sample: {rows:,} rows -> {kwargs['output']}", err=True)
 
 
 @cli.command()

@@ -33,7 +33,14 @@ import numpy as np
 import pyarrow as pa
 
 from vaeserve.client.errors import VaeClientError
-from vaeserve.client.library import SCORE_KINDS, Batch, ModelInfo, ScoreResult, VaeClient
+from vaeserve.client.library import (
+    SCORE_KINDS,
+    Batch,
+    ModelInfo,
+    ModelLike,
+    ScoreResult,
+    VaeClient,
+)
 from vaeserve.client.readers import InputChunk, InputReader, open_input
 from vaeserve.client.writers import (
     TableWriter,
@@ -750,6 +757,39 @@ def write_rows(
     except BaseException:
         writer.abort()
         raise
+
+
+def sample_to_file(
+    client: VaeClient,
+    output: str,
+    n: int,
+    *,
+    model: ModelLike = None,
+    seed: int = 0,
+    condition: Any = None,
+    with_z: bool = False,
+    output_format: str | None = None,
+) -> int:
+    """Generate n rows (and their z with `with_z`) and write them as each request answers, so
+    memory holds one request's rows whatever n is; returns the rows written."""
+    info = client.model_info(model, cached=True)
+    names = list(info.feature_names or [f"x{i}" for i in range(info.input_dim)])
+    if with_z:
+        names += [f"z_{d}" for d in range(info.latent_dim)]
+    fmt = detect_output_format(output, output_format)
+    writer = open_writer(output, fmt, pa.schema([pa.field(c, pa.float32()) for c in names]))
+    written = 0
+    try:
+        for part in client.iter_sample(n, model=model, seed=seed, condition=condition):
+            matrix = np.concatenate([part.rows, part.z], axis=1) if with_z else part.rows
+            columns = [pa.array(np.ascontiguousarray(matrix[:, j])) for j in range(len(names))]
+            writer.write(pa.table(columns, names=names))
+            written += len(matrix)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return written
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

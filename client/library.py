@@ -514,6 +514,28 @@ class VaeClient:
         timeout: float | None = None,
     ) -> SampleResult:
         """n rows generated from z ~ N(0, I); a split request uses seed + k for part k."""
+        parts = list(
+            self.iter_sample(n, model=model, seed=seed, condition=condition, timeout=timeout)
+        )
+        if len(parts) == 1:
+            return parts[0]
+        return SampleResult(
+            rows=np.concatenate([p.rows for p in parts]),
+            z=np.concatenate([p.z for p in parts]),
+            model=parts[-1].model,
+        )
+
+    def iter_sample(
+        self,
+        n: int,
+        *,
+        model: ModelLike = None,
+        seed: int = 0,
+        condition: Any = None,
+        timeout: float | None = None,
+    ) -> Iterator[SampleResult]:
+        """`sample` one request at a time (part k uses seed + k), so n can exceed memory;
+        yields one empty part when n is 0."""
         if n < 0:
             raise VaeClientError(f"n must be >= 0, got {n}")
         info = self.model_info(model, cached=True)
@@ -521,24 +543,23 @@ class VaeClient:
         per_row = 4 * (info.input_dim + info.latent_dim) + 16
         step = max(1, min(self.max_request_rows, int(self.max_message_bytes * 0.9) // per_row))
         cond = self._condition(condition, n) if n else None
-        rows, zs, answered = [], [], (info.name, info.version)
+        if n == 0:
+            yield SampleResult(
+                rows=np.zeros((0, info.input_dim), np.float32),
+                z=np.zeros((0, info.latent_dim), np.float32),
+                model=(info.name, info.version),
+            )
+            return
         for k, (s, e) in enumerate(_ranges(n, step)):
-            if e == s:
-                break
             request = vae_pb2.SampleRequest(model=ref, n=e - s, seed=seed + k)
             if cond is not None:
                 request.condition.CopyFrom(to_tensor(cond[s:e]))
             reply = self._unary(self._stub.Sample, request, "Sample", timeout)
-            rows.append(self._array(reply.rows, "rows"))
-            zs.append(self._array(reply.z, "z"))
-            answered = (reply.model.name, reply.model.version)
-        if not rows:
-            return SampleResult(
-                rows=np.zeros((0, info.input_dim), np.float32),
-                z=np.zeros((0, info.latent_dim), np.float32),
-                model=answered,
+            yield SampleResult(
+                rows=self._array(reply.rows, "rows"),
+                z=self._array(reply.z, "z"),
+                model=(reply.model.name, reply.model.version),
             )
-        return SampleResult(rows=np.concatenate(rows), z=np.concatenate(zs), model=answered)
 
     def model_info(
         self, model: ModelLike = None, *, cached: bool = False, timeout: float | None = None

@@ -225,9 +225,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     epochs, patience = config.budget(steps_per_epoch)
     config = dataclasses.replace(config, epochs=epochs, patience=patience)  # what runs, saved
     log.info(
-        "%d training rows, %d steps per epoch: up to %d epochs, patience %d",
+        "%d training rows in batches of %d: up to %d epochs, patience %d",
         n,
-        steps_per_epoch,
+        config.batch_size,
         epochs,
         patience,
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 
 from tests.client.conftest import MODEL, free_port, server_settings
@@ -82,6 +83,26 @@ def test_large_arrays_are_split_into_requests_under_the_limits(target: str, digi
     assert len(whole) == len(split) == len(x)
     np.testing.assert_array_equal(whole.kl, split.kl)
     np.testing.assert_array_equal(whole.row_ids, np.arange(len(x)))
+
+
+def test_sample_streams_one_request_at_a_time(target: str, tmp_path: Path) -> None:
+    """iter_sample yields each request's rows (part k drawn with seed + k); sample_to_file writes
+    them as they come and matches sample() on the same limits."""
+    from vaeserve.client.jobs import sample_to_file
+
+    with VaeClient(target, max_request_rows=10) as small:
+        parts = list(small.iter_sample(25, model=MODEL, seed=5))
+        assert [len(p.rows) for p in parts] == [10, 10, 5]
+        whole = small.sample(25, model=MODEL, seed=5)
+        np.testing.assert_array_equal(np.concatenate([p.rows for p in parts]), whole.rows)
+        first = small.sample(10, model=MODEL, seed=6)  # part 1 of the split request
+        np.testing.assert_array_equal(parts[1].rows, first.rows)
+        out = tmp_path / "gen.parquet"
+        assert sample_to_file(small, str(out), 25, model=MODEL, seed=5, with_z=True) == 25
+    table = pa.parquet.read_table(out)
+    assert table.num_rows == 25 and table.column_names[-1].startswith("z_")
+    np.testing.assert_array_equal(table.column(0).to_numpy(), whole.rows[:, 0])
+    np.testing.assert_array_equal(table.column("z_0").to_numpy(), whole.z[:, 0])
 
 
 def test_score_yields_in_input_order_with_row_ids(client: VaeClient, digits) -> None:
