@@ -45,8 +45,10 @@ from vaeserve.client.readers import InputChunk, InputReader, open_input
 from vaeserve.client.writers import (
     TableWriter,
     detect_output_format,
+    float_columns,
     open_writer,
     spool_path,
+    write_tables,
 )
 
 CHECKPOINT_VERSION = 1
@@ -674,9 +676,8 @@ def transform_file(
         else:
             lead = [pa.field("row", pa.int64())]
     schema = pa.schema(lead + [pa.field(n, pa.float32()) for n in value_names])
-    writer = open_writer(output, fmt, schema)
-    rows = 0
-    try:
+
+    def tables() -> Iterator[pa.Table]:
         for k, chunk in enumerate(reader.chunks(batch_size)):
             if not len(chunk):
                 continue
@@ -701,16 +702,12 @@ def transform_file(
                     arrays.append(chunk.aux.column(id_column))
                 else:
                     arrays.append(pa.array(chunk.row_numbers, pa.int64()))
-            arrays += [pa.array(matrix[:, j], pa.float32()) for j in range(matrix.shape[1])]
-            writer.write(pa.Table.from_arrays(arrays, schema=schema))
-            rows += len(chunk)
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
+            yield pa.Table.from_arrays(arrays + float_columns(matrix), schema=schema)
+
+    try:
+        return write_tables(output, fmt, schema, tables())
     finally:
         reader.close()
-    return rows
 
 
 def condition_rows(info: ModelInfo, label: str | None) -> np.ndarray | None:
@@ -747,16 +744,9 @@ def write_rows(
     columns: dict[str, pa.Array] = {}
     if lead and fmt != "npy":
         columns.update({k: pa.array(v) for k, v in lead.items()})
-    for j, name in enumerate(names):
-        columns[name] = pa.array(np.ascontiguousarray(matrix[:, j]), pa.float32())
+    columns.update(zip(names, float_columns(matrix), strict=True))
     table = pa.table(columns)
-    writer = open_writer(output, fmt, table.schema)
-    try:
-        writer.write(table)
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
+    write_tables(output, fmt, table.schema, [table])
 
 
 def sample_to_file(
@@ -776,20 +766,16 @@ def sample_to_file(
     names = list(info.feature_names or [f"x{i}" for i in range(info.input_dim)])
     if with_z:
         names += [f"z_{d}" for d in range(info.latent_dim)]
-    fmt = detect_output_format(output, output_format)
-    writer = open_writer(output, fmt, pa.schema([pa.field(c, pa.float32()) for c in names]))
-    written = 0
-    try:
-        for part in client.iter_sample(n, model=model, seed=seed, condition=condition):
-            matrix = np.concatenate([part.rows, part.z], axis=1) if with_z else part.rows
-            columns = [pa.array(np.ascontiguousarray(matrix[:, j])) for j in range(len(names))]
-            writer.write(pa.table(columns, names=names))
-            written += len(matrix)
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
-    return written
+    schema = pa.schema([pa.field(c, pa.float32()) for c in names])
+    parts = client.iter_sample(n, model=model, seed=seed, condition=condition)
+    tables = (
+        pa.Table.from_arrays(
+            float_columns(np.concatenate([p.rows, p.z], axis=1) if with_z else p.rows),
+            schema=schema,
+        )
+        for p in parts
+    )
+    return write_tables(output, detect_output_format(output, output_format), schema, tables)
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

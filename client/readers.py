@@ -184,6 +184,12 @@ class InputReader:
         self.num_rows: int | None = None
         self.size_bytes: int | None = None
 
+    def _require_file(self) -> None:
+        """Clear error for a missing input; records its size for progress."""
+        if not os.path.isfile(self.path):
+            raise VaeClientError(f"{self.path}: no such file")
+        self.size_bytes = os.path.getsize(self.path)
+
     def chunks(
         self, batch_size: int, skip_rows: int = 0, skip_malformed: int = 0
     ) -> Iterator[InputChunk]:
@@ -248,9 +254,7 @@ class CsvReader(InputReader):
         self.block_bytes = block_bytes
         self._stdin = stdin if stdin is not None else (sys.stdin.buffer if path == "-" else None)
         if path != "-":
-            if not os.path.isfile(path):
-                raise VaeClientError(f"{path}: no such file")
-            self.size_bytes = os.path.getsize(path)
+            self._require_file()
         header = self._read_header()
         names = next(csv.reader([header], delimiter=delimiter), [])
         names = [n.strip() for n in names]
@@ -520,9 +524,7 @@ class ParquetReader(InputReader):
         expected_dim: int | None = None,
     ) -> None:
         super().__init__(path)
-        if not os.path.isfile(path):
-            raise VaeClientError(f"{path}: no such file")
-        self.size_bytes = os.path.getsize(path)
+        self._require_file()
         try:
             self._file = pq.ParquetFile(path, buffer_size=64 << 10, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -635,9 +637,7 @@ class NpyReader(InputReader):
             raise VaeClientError(
                 f"{path}: {option} needs a CSV or Parquet input; an NPY file has no named columns"
             )
-        if not os.path.isfile(path):
-            raise VaeClientError(f"{path}: no such file")
-        self.size_bytes = os.path.getsize(path)
+        self._require_file()
         self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
         try:
             version = np.lib.format.read_magic(self._file)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -353,3 +353,26 @@ def open_writer(
         return classes[fmt](path, schema, resume_at)
     except OSError as exc:
         raise VaeClientError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+def float_columns(matrix: np.ndarray) -> list[pa.Array]:
+    """The columns of a row-major matrix as float32 Arrow arrays: one transposing copy, then
+    views."""
+    by_column = np.ascontiguousarray(np.asarray(matrix, dtype=np.float32).T)
+    return [pa.array(column) for column in by_column]
+
+
+def write_tables(path: str, fmt: str, schema: pa.Schema, tables: Iterable[pa.Table]) -> int:
+    """Write tables as they come and finish the file; on any failure (Ctrl-C included) remove
+    the partial output. Returns the rows written."""
+    writer = open_writer(path, fmt, schema)
+    rows = 0
+    try:
+        for table in tables:
+            writer.write(table)
+            rows += table.num_rows
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return rows

@@ -51,6 +51,9 @@ def test_default_budget_counts_optimiser_steps() -> None:
     assert TrainConfig().budget(steps_per_epoch=3) == (667, 34)
     assert TrainConfig(epochs=7, patience=3).budget(steps_per_epoch=1) == (7, 3)
     assert TrainConfig(patience=0).budget(steps_per_epoch=1) == (2000, 0)
+    for bad, message in (({"epochs": 0}, "epochs"), ({"patience": -1}, "patience")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**bad).validate()
 
 
 def test_small_data_gets_the_step_budget(tmp_path: Path) -> None:
