@@ -33,9 +33,10 @@ from vaeserve.client.jobs import (
     transform_file,
     write_rows,
 )
-from vaeserve.client.library import FEEDER_THREAD, SCORE_KINDS, VaeClient, format_model
+from vaeserve.client.library import FEEDER_THREAD, VaeClient, format_model
 from vaeserve.client.readers import INPUT_FORMATS, open_input, parse_columns
 from vaeserve.client.writers import OUTPUT_FORMATS
+from vaeserve.common.scores import SCORE_NAMES
 
 ENV_PREFIX = "VAECLIENT"
 DEFAULT_SERVER = "localhost:50051"
@@ -232,7 +233,7 @@ def cli() -> None:
 @click.option(
     "--score",
     "score_kind",
-    type=click.Choice(sorted(SCORE_KINDS)),
+    type=click.Choice(SCORE_NAMES),
     help="Score the anomaly flag uses (default: the model's).",
 )
 @click.option("--threshold", type=float, help="Flag threshold in nats (default: calibrated).")

@@ -34,7 +34,6 @@ import pyarrow as pa
 
 from vaeserve.client.errors import VaeClientError
 from vaeserve.client.library import (
-    SCORE_KINDS,
     Batch,
     ModelInfo,
     ModelLike,
@@ -50,10 +49,10 @@ from vaeserve.client.writers import (
     spool_path,
     write_tables,
 )
+from vaeserve.common.scores import SCORE_NAMES
 
 CHECKPOINT_VERSION = 1
 SCORE_OUTPUT_FORMATS = ("csv", "parquet", "jsonl")
-SCORE_COLUMNS = ("kl", "recon_nll", "neg_elbo", "p_value", "is_anomaly")
 REJECT_COLUMNS = ("row", "id", "reason")
 
 
@@ -343,8 +342,8 @@ def run_score_job(client: VaeClient, job: ScoreJob) -> JobSummary:
         raise VaeClientError(f"--batch-size must be >= 1, got {job.batch_size}")
     if job.max_in_flight < 1:
         raise VaeClientError(f"--in-flight must be >= 1, got {job.max_in_flight}")
-    if job.score is not None and job.score not in SCORE_KINDS:
-        raise VaeClientError(f"--score must be one of {sorted(SCORE_KINDS)}, got {job.score!r}")
+    if job.score is not None and job.score not in SCORE_NAMES:
+        raise VaeClientError(f"--score must be one of {sorted(SCORE_NAMES)}, got {job.score!r}")
     if job.threshold is not None and not np.isfinite(job.threshold):
         raise VaeClientError(f"--threshold must be a finite number of nats, got {job.threshold}")
     if job.iw_samples < 0:

@@ -25,11 +25,11 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vaeserve.client.errors import VaeClientError
+from vaeserve.common.scores import DEFAULT_SCORE, SCORE_KINDS
+from vaeserve.common.scores import KIND_NAMES as _KIND_NAMES
 from vaeserve.common.tensors import TensorError, from_tensor, is_set, to_tensor
 from vaeserve.proto.vae.v1 import vae_pb2, vae_pb2_grpc
 
-SCORE_KINDS = {"kl": vae_pb2.KL, "recon_nll": vae_pb2.RECON_NLL, "neg_elbo": vae_pb2.NEG_ELBO}
-_KIND_NAMES = {v: k for k, v in SCORE_KINDS.items()}
 #: Statuses worth another attempt: the server or the network is away for a moment.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 #: Requests are split to stay under gRPC's default 4 MiB receive limit on the server.
@@ -589,7 +589,7 @@ class VaeClient:
             feature_names=list(schema.feature_names),
             condition_classes=list(schema.condition_classes),
             likelihood=schema.likelihood,
-            default_score=_KIND_NAMES.get(schema.default_score, "kl"),
+            default_score=_KIND_NAMES.get(schema.default_score, DEFAULT_SCORE),
             thresholds=dict(schema.thresholds),
             ready=reply.ready,
             manifest=manifest,

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from vaeserve.common.manifest import SCORE_NAMES, Calibration
+from vaeserve.common.manifest import Calibration
+from vaeserve.common.scores import DEFAULT_SCORE, SCORE_NAMES
 
 LEVELS = np.linspace(0.0, 1.0, 1001)
 
 
 def fit_calibration(
-    scores: dict[str, np.ndarray], threshold_quantile: float = 0.99, default_score: str = "kl"
+    scores: dict[str, np.ndarray],
+    threshold_quantile: float = 0.99,
+    default_score: str = DEFAULT_SCORE,
 ) -> Calibration:
     """Quantiles at 0.1% steps of each score over the validation rows, and thresholds."""
     rows = len(next(iter(scores.values())))

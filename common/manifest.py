@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaeserve.common.scores import DEFAULT_SCORE
+
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
-SCORE_NAMES = ("kl", "recon_nll", "neg_elbo")
 GRAPH_NAMES = ("encoder", "decoder", "scorer", "iw_scorer")
 
 
@@ -23,7 +24,7 @@ class ManifestError(ValueError):
 
 
 @dataclass
-class TensorSpec:
+class GraphTensorSpec:
     name: str
     shape: list[int | str]  # str entries are symbolic (dynamic) axes such as "batch"
     dtype: str = "float32"
@@ -33,16 +34,16 @@ class TensorSpec:
 class GraphSpec:
     file: str
     sha256: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    inputs: list[GraphTensorSpec]
+    outputs: list[GraphTensorSpec]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GraphSpec:
         return cls(
             file=d["file"],
             sha256=d["sha256"],
-            inputs=[TensorSpec(**t) for t in d["inputs"]],
-            outputs=[TensorSpec(**t) for t in d["outputs"]],
+            inputs=[GraphTensorSpec(**t) for t in d["inputs"]],
+            outputs=[GraphTensorSpec(**t) for t in d["outputs"]],
         )
 
 
@@ -58,7 +59,7 @@ class Calibration:
     quantiles: dict[str, list[float]]
     thresholds: dict[str, float]
     threshold_quantile: float = 0.99
-    default_score: str = "kl"
+    default_score: str = DEFAULT_SCORE
 
 
 @dataclass

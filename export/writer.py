@@ -19,8 +19,8 @@ import torch
 from vaeserve.common.manifest import (
     Calibration,
     GraphSpec,
+    GraphTensorSpec,
     Manifest,
-    TensorSpec,
     list_versions,
     sha256_file,
 )
@@ -79,8 +79,8 @@ def export_model(
             graphs[g.name] = GraphSpec(
                 file=path.name,
                 sha256=sha256_file(path),
-                inputs=[TensorSpec(n, list(s)) for n, s in g.inputs],
-                outputs=[TensorSpec(n, list(s)) for n, s in g.outputs],
+                inputs=[GraphTensorSpec(n, list(s)) for n, s in g.inputs],
+                outputs=[GraphTensorSpec(n, list(s)) for n, s in g.outputs],
             )
         val_x = state["val_x"].numpy()
         val_c = None if state["val_c"] is None else state["val_c"].numpy()

@@ -18,14 +18,13 @@ from typing import Any, Generic, TypeVar
 import grpc
 import numpy as np
 
+from vaeserve.common.scores import SCORE_NAMES
 from vaeserve.server.errors import RequestError
 from vaeserve.server.observability import Metrics, note_call
 from vaeserve.server.repository import LoadedModel, ModelRepository
 from vaeserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-
-SCORE_NAMES = ("kl", "recon_nll", "neg_elbo")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -146,7 +145,7 @@ def feeds(x_name: str, x: np.ndarray, cond: np.ndarray | None) -> dict[str, np.n
 
 
 @dataclass
-class ScoreResult:
+class RowScores:
     """The scores of a batch of rows (FP32 [n] unless noted), with the flag's score/threshold."""
 
     kl: np.ndarray
@@ -216,7 +215,7 @@ class ModelOps:
         threshold: float | None = None,
         iw_samples: int = 0,
         seed: int = 0,
-    ) -> ScoreResult:
+    ) -> RowScores:
         """Scores, p-values and flags of rows; with iw_samples > 0 also the IW NLL."""
         m = model.manifest
         n = x.shape[0]
@@ -242,7 +241,7 @@ class ModelOps:
         p = pvalues(flag_scores) if pvalues is not None else np.full(n, np.nan, np.float64)
         flags = flag_scores > threshold
         self.metrics.scored(model.name, score, flags)
-        return ScoreResult(
+        return RowScores(
             kl=out["kl"],
             kl_per_dim=out["kl_per_dim"],
             recon_nll=out["recon_nll"],

@@ -23,12 +23,12 @@ import numpy as np
 from vaeserve.common.calibration import PValues
 from vaeserve.common.manifest import (
     MANIFEST_FILE,
-    SCORE_NAMES,
     Manifest,
     ManifestError,
     list_versions,
     load_manifest,
 )
+from vaeserve.common.scores import SCORE_NAMES
 from vaeserve.server.batching import BatchObserver, DynamicBatcher
 from vaeserve.server.errors import RequestError
 from vaeserve.server.sessions import DeviceError, GraphRunner, SessionFactory

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import numpy as np
 
+from vaeserve.common.scores import KIND_NAMES, SCORE_KINDS
 from vaeserve.common.tensors import TensorError, from_tensor, is_set, to_tensor
 from vaeserve.proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server.errors import RequestError
@@ -38,10 +39,8 @@ from vaeserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCORE_KIND_NAMES", "SCORE_NAME_KINDS", "VaeServicer", "draw_normal", "read_matrix"]
+__all__ = ["VaeServicer", "draw_normal", "read_matrix"]
 
-SCORE_KIND_NAMES = {vae_pb2.KL: "kl", vae_pb2.RECON_NLL: "recon_nll", vae_pb2.NEG_ELBO: "neg_elbo"}
-SCORE_NAME_KINDS = {v: k for k, v in SCORE_KIND_NAMES.items()}
 _NUMERIC = {vae_pb2.FLOAT32, vae_pb2.FLOAT64, vae_pb2.FLOAT16, vae_pb2.INT64}
 
 
@@ -232,7 +231,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             feature_names=list(m.feature_names),
             condition_classes=[str(c) for c in (m.condition_classes or [])],
             likelihood=m.likelihood,
-            default_score=SCORE_NAME_KINDS.get(cal.default_score, vae_pb2.SCORE_KIND_UNSPECIFIED),
+            default_score=SCORE_KINDS.get(cal.default_score, vae_pb2.SCORE_KIND_UNSPECIFIED),
             thresholds={k: float(v) for k, v in cal.thresholds.items()},
         )
         versions = sorted(self.repo.snapshot().get(model.name, {}))
@@ -365,8 +364,8 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             ids = np.arange(req.start_offset, req.start_offset + n, dtype=np.int64)
         if req.score == vae_pb2.SCORE_KIND_UNSPECIFIED:
             score = m.calibration.default_score
-        elif req.score in SCORE_KIND_NAMES:
-            score = SCORE_KIND_NAMES[req.score]
+        elif req.score in KIND_NAMES:
+            score = KIND_NAMES[req.score]
         else:
             raise RequestError.invalid(
                 f"score {req.score} is not a ScoreKind; use KL, RECON_NLL or NEG_ELBO"
@@ -384,7 +383,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             neg_elbo=to_tensor(result.neg_elbo),
             p_value=to_tensor(result.p_value),
             is_anomaly=to_tensor(result.is_anomaly),
-            score=SCORE_NAME_KINDS[result.score],
+            score=SCORE_KINDS[result.score],
             threshold=result.threshold,
         )
         if req.include_kl_per_dim:

@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from vaeserve.common.scores import SCORE_NAMES
 from vaeserve.training.config import TrainConfig
 from vaeserve.training.data import DataError
 from vaeserve.training.loop import train
@@ -76,9 +77,7 @@ D = TrainConfig()
 @click.option("--seed", default=D.seed, type=int)
 @click.option("--threads", default=None, type=int, help="torch CPU threads.")
 @click.option("--threshold-quantile", default=D.threshold_quantile, type=float)
-@click.option(
-    "--default-score", default=D.default_score, type=click.Choice(["kl", "recon_nll", "neg_elbo"])
-)
+@click.option("--default-score", default=D.default_score, type=click.Choice(SCORE_NAMES))
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/checkpoint.pt.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(columns: str | None, hidden: str, resume: bool, quiet: bool, **options: object) -> None:

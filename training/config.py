@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from vaeserve.common.scores import DEFAULT_SCORE, ScoreName
+
 Likelihood = Literal["gaussian", "bernoulli"]
 Warmup = Literal["none", "linear", "cyclical"]
 
@@ -58,7 +60,7 @@ class TrainConfig:
     threads: int | None = None
     # calibration
     threshold_quantile: float = 0.99
-    default_score: Literal["kl", "recon_nll", "neg_elbo"] = "neg_elbo"
+    default_score: ScoreName = DEFAULT_SCORE
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
