@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import click
 
-from vaeserve.server.app import ServerStartError, start_server
-from vaeserve.server.observability import configure_logging
+from vaeserve.server.background import start_server
+from vaeserve.server.errors import ServerStartError
+from vaeserve.server.logs import configure_logging
 from vaeserve.server.repository import LoadError
 from vaeserve.server.sessions import DeviceError
 from vaeserve.server.settings import (

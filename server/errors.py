@@ -1,8 +1,13 @@
-"""The exception request handling raises: a gRPC status code and a message saying what to fix."""
+"""The server's exceptions: RequestError (a gRPC status code and a message saying what to fix)
+and ServerStartError."""
 
 from __future__ import annotations
 
 import grpc
+
+
+class ServerStartError(RuntimeError):
+    """The server could not start: port in use, repository missing, device unusable."""
 
 
 class RequestError(Exception):

@@ -74,6 +74,11 @@ class LoadedModel:
     warmup_seconds: float = 0.0
 
     @property
+    def label(self) -> str:
+        """ "model 'digits' version 1", for messages."""
+        return f"model {self.name!r} version {self.version}"
+
+    @property
     def providers(self) -> list[str]:
         """Execution providers in use across this version's sessions, in priority order."""
         out: list[str] = []
@@ -87,7 +92,7 @@ class LoadedModel:
         if b is None:
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"model {self.name!r} version {self.version} has no {graph} graph; "
+                f"{self.label} has no {graph} graph; "
                 "re-export it with vae-export to get all four graphs",
             )
         return b
@@ -185,6 +190,19 @@ class ModelRepository:
                 f"{', '.join(map(str, sorted(versions)))} (or 0 for the newest)"
             )
         return model
+
+    def loaded(self) -> list[LoadedModel]:
+        """Every loaded version, by name then version."""
+        return [
+            m for _, versions in sorted(self._models.items()) for _, m in sorted(versions.items())
+        ]
+
+    def providers(self) -> list[str]:
+        """Execution providers in use across every loaded version."""
+        out: list[str] = []
+        for m in self.loaded():
+            out.extend(p for p in m.providers if p not in out)
+        return out
 
     def describe(self) -> str:
         """'digits (versions 1, 2); other (version 1)' or 'none'."""

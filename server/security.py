@@ -1,11 +1,9 @@
-"""Security: TLS and mutual TLS credentials, bearer tokens, and the concurrent-stream limit.
+"""Security material: TLS and mutual TLS credentials, and the accepted bearer tokens.
 
 Tokens come from `tokens` (VAESERVE_TOKENS, comma-separated) and `token_file` (one per line,
 `#` comments); a change to the file is picked up within a few seconds. Clients send
 `authorization: Bearer <token>` metadata; tokens are compared with hmac.compare_digest against
-every accepted token. A call without an accepted token is aborted UNAUTHENTICATED and logged
-with its peer and the reason, never with what it sent. grpc.health.v1 stays open while
-`open_health` is set, so load balancers and Kubernetes probes need no token.
+every accepted token. AuthLayer (server/layers.py) turns away calls without one.
 """
 
 from __future__ import annotations
@@ -14,18 +12,15 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 import grpc
 
-from vaeserve.server.observability import Metrics
 from vaeserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
 TOKEN_RECHECK_S = 2.0
 
 
@@ -133,83 +128,6 @@ def bearer_token(metadata: Iterable[tuple[str, object]] | None) -> tuple[bytes |
     if scheme.lower() != "bearer" or not token.strip():
         return None, "malformed"
     return token.strip().encode(), ""
-
-
-def _who(context: grpc.aio.ServicerContext) -> str:
-    peer = context.peer()
-    try:
-        names = context.auth_context().get("x509_common_name") or []
-    except Exception:  # pragma: no cover - auth_context is best effort
-        names = []
-    if names:
-        peer += f" (client certificate CN={names[0].decode(errors='replace')})"
-    return peer
-
-
-class AuthLayer:
-    """A call layer (server/interception.py) that requires an accepted bearer token."""
-
-    def __init__(self, store: TokenStore, metrics: Metrics, open_health: bool = True) -> None:
-        self.store = store
-        self.metrics = metrics
-        self.open_health = open_health
-
-    @asynccontextmanager
-    async def __call__(
-        self, method: str, streaming: bool, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[None]:
-        """Pass the call through, or abort it UNAUTHENTICATED."""
-        if not (self.open_health and method.startswith(HEALTH_PREFIX)):
-            token, reason = bearer_token(context.invocation_metadata())
-            if token is not None and not self.store.accepts(token):
-                reason = "invalid"
-            if reason:
-                self.metrics.auth_failures.labels(reason).inc()
-                log.warning(
-                    "unauthenticated call to %s from %s: %s bearer token",
-                    method,
-                    _who(context),
-                    {"missing": "no", "malformed": "malformed", "invalid": "unknown"}[reason],
-                    extra={"fields": {"auth_failure": reason, "method": method}},
-                )
-                await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "this server needs a bearer token: send metadata "
-                    "'authorization: Bearer <token>' with a token it accepts",
-                )
-        yield
-
-
-class StreamLimitLayer:
-    """A call layer that refuses a new stream while `max_streams` are open (0: no limit)."""
-
-    def __init__(self, max_streams: int, methods: Iterable[str], metrics: Metrics) -> None:
-        self.max_streams = max_streams
-        self.methods = set(methods)
-        self.metrics = metrics
-        self.open = 0
-
-    @asynccontextmanager
-    async def __call__(
-        self, method: str, streaming: bool, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[None]:
-        """Count the stream while it is open, or abort it RESOURCE_EXHAUSTED."""
-        if method not in self.methods:
-            yield
-            return
-        if self.max_streams and self.open >= self.max_streams:
-            self.metrics.limit_rejections.labels("max_streams").inc()
-            log.warning("refused a %s stream: %d streams open (max_streams)", method, self.open)
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many streams: {self.open} are open and this server allows "
-                f"{self.max_streams} at once (setting max_streams); close one or retry later",
-            )
-        self.open += 1
-        try:
-            yield
-        finally:
-            self.open -= 1
 
 
 def check_files(settings: ServerSettings) -> None:

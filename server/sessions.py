@@ -1,8 +1,8 @@
 """onnxruntime sessions: device choice that is checked, tuned options, and one graph runner.
 
-onnxruntime falls back to CPU silently when the CUDA provider cannot load (see
-/work/shared/FIELD-NOTES.md), so every session's get_providers() is checked, and
-`device="cuda"` fails at start with a message that says why.
+onnxruntime falls back to CPU silently when the CUDA provider cannot load (see "Devices" in
+docs/server.md), so every session's get_providers() is checked, and `device="cuda"` fails at
+start with a message that says why.
 """
 
 from __future__ import annotations

@@ -369,8 +369,10 @@ def test_server_never_imports_torch(model_repo: Path) -> None:
         import vaeserve.server, vaeserve.server.app, vaeserve.server.batching
         import vaeserve.server.cli, vaeserve.server.errors, vaeserve.server.repository
         import vaeserve.server.servicer, vaeserve.server.sessions, vaeserve.server.settings
-        import vaeserve.server.kserve, vaeserve.server.ops, vaeserve.server.security
-        import vaeserve.server.observability, vaeserve.server.interception
+        import vaeserve.server.kserve, vaeserve.server.dataplane, vaeserve.server.security
+        import vaeserve.server.call_context, vaeserve.server.metrics, vaeserve.server.logs
+        import vaeserve.server.layers, vaeserve.server.interception, vaeserve.server.rpc
+        import vaeserve.server.validation, vaeserve.server.background
         from vaeserve.server import ServerSettings, start_server
         from vaeserve.common.tensors import to_tensor
         from vaeserve.proto.vae.v1 import vae_pb2, vae_pb2_grpc

@@ -22,7 +22,8 @@ from vaeserve.proto.inference import grpc_service_pb2 as kpb
 from vaeserve.proto.inference import grpc_service_pb2_grpc as kpb_grpc
 from vaeserve.proto.vae.v1 import vae_pb2
 from vaeserve.server import start_server
-from vaeserve.server.observability import JsonFormatter, RequestIdFilter, begin_call
+from vaeserve.server.call_context import begin_call
+from vaeserve.server.logs import JsonFormatter, RequestIdFilter
 from vaeserve.server.settings import ENV_PREFIX, SECRETS, field_types
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from tests.server.helpers import TOL, Reference, arr, ref, score_requests, stub_
 from vaeserve.common.calibration import PValues
 from vaeserve.common.tensors import to_tensor
 from vaeserve.proto.vae.v1 import vae_pb2
-from vaeserve.server.servicer import draw_normal
+from vaeserve.server.dataplane import draw_normal
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,113 @@
+"""vae.v1 messages to and from numpy: request tensors decoded and checked, ScoreKinds, refs.
+
+Decoding checks what only a vae.v1 Tensor can get wrong (missing, dtype, byte count) and
+leaves shapes, limits and values to server/validation.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vaeserve.common.scores import KIND_NAMES, SCORE_KINDS
+from vaeserve.common.tensors import TensorError, from_tensor, is_set
+from vaeserve.proto.vae.v1 import vae_pb2
+from vaeserve.server import validation
+from vaeserve.server.errors import RequestError
+from vaeserve.server.repository import LoadedModel
+from vaeserve.server.validation import MatrixSpec
+
+_NUMERIC = {vae_pb2.FLOAT32, vae_pb2.FLOAT64, vae_pb2.FLOAT16, vae_pb2.INT64}
+
+
+def dtype_name(dtype: int) -> str:
+    """The DataType's name, or "unknown DataType N"."""
+    try:
+        return vae_pb2.DataType.Name(dtype)
+    except ValueError:
+        return f"unknown DataType {dtype}"
+
+
+def declared_rows(t: vae_pb2.Tensor) -> int:
+    """Rows a tensor says it carries (its first dimension; 0 when it has none)."""
+    return max(0, int(t.shape[0])) if len(t.shape) else 0
+
+
+def _decode(t: vae_pb2.Tensor, what: str) -> np.ndarray:
+    try:
+        return from_tensor(t, what)
+    except TensorError as exc:
+        raise RequestError.invalid(str(exc)) from None
+
+
+def read_matrix(t: vae_pb2.Tensor, spec: MatrixSpec) -> np.ndarray:
+    """A finite float32 [n, cols] array from a Tensor, or RequestError saying what to fix."""
+    if not is_set(t):
+        raise RequestError.invalid(
+            f"{spec.what} is missing: send a FLOAT32 tensor of shape [n, {spec.cols}] for "
+            f"{spec.owner}"
+        )
+    if t.dtype not in _NUMERIC:
+        raise RequestError.invalid(
+            f"{spec.what}: dtype {dtype_name(t.dtype)} is not accepted; send FLOAT32 "
+            "(FLOAT64, FLOAT16 and INT64 are converted to float32)"
+        )
+    validation.check_shape(t.shape, spec)
+    return validation.finite_float32(_decode(t, spec.what), spec.what)
+
+
+def read_condition(
+    t: vae_pb2.Tensor, model: LoadedModel, n: int, max_rows: int, broadcast: bool = False
+) -> np.ndarray | None:
+    """The condition rows a conditional model needs ([n, C]; [1, C] too when broadcast)."""
+    if not validation.expect_condition(model, is_set(t)):
+        return None
+    cond = read_matrix(t, MatrixSpec.condition(model, max_rows))
+    return validation.condition_rows(cond, n, broadcast)
+
+
+def read_row_ids(req: vae_pb2.ScoreRequest, n: int) -> np.ndarray:
+    """The request's row_ids (INT64 [n]), or start_offset, start_offset + 1, ..."""
+    if not is_set(req.row_ids):
+        return np.arange(req.start_offset, req.start_offset + n, dtype=np.int64)
+    if req.row_ids.dtype != vae_pb2.INT64:
+        raise RequestError.invalid(
+            f"row_ids: dtype {dtype_name(req.row_ids.dtype)} is not accepted; send INT64"
+        )
+    return validation.check_row_ids(_decode(req.row_ids, "row_ids"), n)
+
+
+def score_name(kind: int) -> str | None:
+    """A ScoreKind's score name; None for SCORE_KIND_UNSPECIFIED (the model's default)."""
+    if kind == vae_pb2.SCORE_KIND_UNSPECIFIED:
+        return None
+    if kind not in KIND_NAMES:
+        raise RequestError.invalid(
+            f"score {kind} is not a ScoreKind; use KL, RECON_NLL or NEG_ELBO"
+        )
+    return KIND_NAMES[kind]
+
+
+def score_kind(name: str) -> int:
+    """A score name's ScoreKind (SCORE_KIND_UNSPECIFIED for an unknown name)."""
+    return SCORE_KINDS.get(name, vae_pb2.SCORE_KIND_UNSPECIFIED)
+
+
+def model_ref(model: LoadedModel) -> vae_pb2.ModelRef:
+    """The ModelRef naming a loaded version."""
+    return vae_pb2.ModelRef(name=model.name, version=model.version)
+
+
+def schema(model: LoadedModel) -> vae_pb2.Schema:
+    """ModelInfo's Schema: dimensions, names, likelihood, default score and thresholds."""
+    m = model.manifest
+    cal = m.calibration
+    return vae_pb2.Schema(
+        input_dim=m.input_dim,
+        latent_dim=m.latent_dim,
+        cond_dim=m.cond_dim,
+        feature_names=list(m.feature_names),
+        condition_classes=[str(c) for c in (m.condition_classes or [])],
+        likelihood=m.likelihood,
+        default_score=score_kind(cal.default_score),
+        thresholds={k: float(v) for k, v in cal.thresholds.items()},
+    )
