@@ -9,6 +9,7 @@ import math
 import torch
 from torch import nn
 
+from vaeserve.training.config import TrainConfig
 from vaeserve.training.kl import kl_diag_gaussian
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -129,3 +130,19 @@ class VAE(nn.Module):
         log_w = log_px_z + log_pz - log_qz
         log_k = torch.ones_like(log_w).sum(0).log()  # a tensor, so K stays a dynamic axis
         return -(torch.logsumexp(log_w, dim=0) - log_k)
+
+
+def build_model(config: TrainConfig, input_dim: int, cond_dim: int) -> VAE:
+    """The VAE that `config` describes, for rows of `input_dim` features."""
+    return VAE(
+        input_dim,
+        config.latent_dim,
+        list(config.hidden),
+        cond_dim=cond_dim,
+        likelihood=config.likelihood,
+        learned_variance=config.gaussian_variance == "learned",
+        fixed_std=config.fixed_std,
+        logvar_min=config.logvar_min,
+        logvar_max=config.logvar_max,
+        recon_logvar_min=config.recon_logvar_min,
+    )

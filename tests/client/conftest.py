@@ -1,4 +1,5 @@
-"""Client fixtures: a real vae.v1 server on loopback over the `model_repo` digits model."""
+"""Client fixtures: a client on the shared digits server, the digits rows, and `vae-server` as a
+child process that tests kill and restart."""
 
 from __future__ import annotations
 
@@ -13,34 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import server_settings as server_settings  # re-exported for client tests
 from vaeserve.client import VaeClient
-from vaeserve.server import ServerSettings, VaeServer, start_server
+from vaeserve.server import VaeServer
 
 VENV_BIN = Path(sys.executable).parent
 MODEL = "digits"
 
 
-def server_settings(repo: Path, port: int = 0, **kw: object) -> ServerSettings:
-    """Loopback, CPU, one onnxruntime thread, no repository polling."""
-    base: dict[str, object] = {
-        "model_repo": repo,
-        "host": "127.0.0.1",
-        "port": port,
-        "device": "cpu",
-        "intra_op_threads": 1,
-        "poll_interval_s": 0,
-        "log_level": "WARNING",
-    }
-    base.update(kw)
-    return ServerSettings(**base)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="session")
-def server(model_repo: Path) -> Iterator[VaeServer]:
-    """One in-process server shared by the tests that only read."""
-    srv = start_server(server_settings(model_repo))
-    yield srv
-    srv.stop(grace=1.0)
+def server(digits_server: VaeServer) -> VaeServer:
+    """The shared digits server (tests/conftest.py), by the name client tests use."""
+    return digits_server
 
 
 @pytest.fixture(scope="session")

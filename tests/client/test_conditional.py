@@ -4,30 +4,17 @@ labels are rejected rows, and the commands take --condition."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pytest
 
-from tests.client.conftest import server_settings
 from tests.client.helpers import invoke, read_output, read_rejects
-from tests.server.synth import write_synthetic_model
 from vaeserve.client import Batch, VaeClient
-from vaeserve.server import VaeServer, start_server
+from vaeserve.server import VaeServer
 
 CLASSES = ["class0", "class1", "class2"]
-
-
-@pytest.fixture(scope="module")
-def cond_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaeServer]:
-    repo = tmp_path_factory.mktemp("cond_repo")
-    write_synthetic_model(repo, "cond", 1, input_dim=8, latent_dim=2, cond_dim=3, seed=2)
-    server = start_server(server_settings(repo))
-    yield server
-    server.stop(grace=0)
 
 
 def test_condition_column_is_one_hot_encoded(cond_server: VaeServer, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""KServe v2 fixtures: an in-process server, our own inference stubs, and tritonclient runs.
+"""KServe v2 fixtures: our own inference stubs on the shared digits server, and tritonclient runs.
 
 tritonclient lives in .venv-triton (its protobuf pin clashes with ours): tests run
 tests/kserve/triton_driver.py there in a subprocess and read its JSON.
@@ -16,12 +16,10 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.server.conftest import local_settings
-from tests.server.helpers import stub_for
-from tests.server.synth import write_synthetic_model
+from tests.server.helpers import loopback_channel
 from vaeserve.proto.inference import grpc_service_pb2_grpc
 from vaeserve.proto.vae.v1 import vae_pb2_grpc
-from vaeserve.server import VaeServer, start_server
+from vaeserve.server import VaeServer
 
 ROOT = Path(__file__).resolve().parents[2]
 TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
@@ -32,13 +30,7 @@ def kserve_stub_for(
     port: int,
 ) -> tuple[grpc.Channel, grpc_service_pb2_grpc.GRPCInferenceServiceStub]:
     """A channel and inference.GRPCInferenceService stub on 127.0.0.1:port."""
-    channel = grpc.insecure_channel(
-        f"127.0.0.1:{port}",
-        options=[
-            ("grpc.max_receive_message_length", 64 << 20),
-            ("grpc.max_send_message_length", 64 << 20),
-        ],
-    )
+    channel = loopback_channel(port)
     return channel, grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
@@ -88,37 +80,23 @@ def triton(triton_python: Path, tmp_path: Path) -> Triton:
 
 
 @pytest.fixture(scope="session")
-def kserve_server(model_repo: Path) -> Iterator[VaeServer]:
-    """An in-process server on `model_repo` (digits v1) serving vae.v1 and KServe v2."""
-    server = start_server(local_settings(model_repo))
-    yield server
-    server.stop(grace=1.0)
+def kserve_server(digits_server: VaeServer) -> VaeServer:
+    """The shared digits server (tests/conftest.py): it serves KServe v2 beside vae.v1."""
+    return digits_server
 
 
 @pytest.fixture(scope="session")
 def kserve_stub(
     kserve_server: VaeServer,
 ) -> Iterator[grpc_service_pb2_grpc.GRPCInferenceServiceStub]:
-    channel, stub = kserve_stub_for(kserve_server.port)
-    yield stub
-    channel.close()
+    with loopback_channel(kserve_server.port) as channel:
+        yield grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
 @pytest.fixture(scope="session")
-def vae_stub(kserve_server: VaeServer) -> Iterator[vae_pb2_grpc.VaeServiceStub]:
-    channel, stub = stub_for(kserve_server.port)
-    yield stub
-    channel.close()
-
-
-@pytest.fixture(scope="session")
-def cond_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaeServer]:
-    """A server holding "cond": a synthetic conditional model (8 features, 3 classes)."""
-    repo = tmp_path_factory.mktemp("kserve_cond_repo")
-    write_synthetic_model(repo, "cond", 1, input_dim=8, latent_dim=2, cond_dim=3, seed=2)
-    server = start_server(local_settings(repo))
-    yield server
-    server.stop(grace=1.0)
+def vae_stub(digits_stub: vae_pb2_grpc.VaeServiceStub) -> vae_pb2_grpc.VaeServiceStub:
+    """The shared digits server's vae.v1 stub, by the name KServe tests use."""
+    return digits_stub
 
 
 def digits_rows(n: int, seed: int = 0) -> np.ndarray:

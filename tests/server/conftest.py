@@ -1,4 +1,5 @@
-"""Server fixtures: in-process servers on free loopback ports, stubs and reference sessions."""
+"""Server fixtures: reference sessions and a server on synthetic models. The shared digits
+server and stub (`digits_server`, `digits_stub`) live in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -7,39 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.helpers import Reference, stub_for
+from tests.conftest import server_settings, serving, vae_stub_on
+from tests.server.helpers import Reference
 from tests.server.synth import write_synthetic_model
 from vaeserve.proto.vae.v1 import vae_pb2_grpc
-from vaeserve.server import ServerSettings, VaeServer, start_server
+from vaeserve.server import VaeServer
 
-
-def local_settings(repo: Path, **kw: object) -> ServerSettings:
-    """Settings for a test server: loopback, free port, CPU, two onnxruntime threads."""
-    base: dict[str, object] = {
-        "model_repo": repo,
-        "host": "127.0.0.1",
-        "port": 0,
-        "device": "cpu",
-        "intra_op_threads": 2,
-        "poll_interval_s": 0,
-    }
-    base.update(kw)
-    return ServerSettings(**base)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="session")
-def digits_server(model_repo: Path) -> Iterator[VaeServer]:
-    """One in-process server on `model_repo` (model digits v1), shared by read-only tests."""
-    server = start_server(local_settings(model_repo))
-    yield server
-    server.stop(grace=1.0)
-
-
-@pytest.fixture(scope="session")
-def digits_stub(digits_server: VaeServer) -> Iterator[vae_pb2_grpc.VaeServiceStub]:
-    channel, stub = stub_for(digits_server.port)
-    yield stub
-    channel.close()
+local_settings = server_settings  # the name server and KServe tests import
 
 
 @pytest.fixture(scope="session")
@@ -59,13 +34,13 @@ def synth_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_server(synth_repo: Path) -> Iterator[VaeServer]:
-    server = start_server(local_settings(synth_repo))
-    yield server
-    server.stop(grace=1.0)
+    """One server on `synth_repo`, shared by the tests on synthetic models."""
+    with serving(synth_repo) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def synth_stub(synth_server: VaeServer) -> Iterator[vae_pb2_grpc.VaeServiceStub]:
-    channel, stub = stub_for(synth_server.port)
-    yield stub
-    channel.close()
+    """A vae.v1 stub on `synth_server`."""
+    with vae_stub_on(synth_server) as stub:
+        yield stub

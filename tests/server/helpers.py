@@ -45,15 +45,20 @@ def ref(name: str = "", version: int = 0) -> vae_pb2.ModelRef:
     return vae_pb2.ModelRef(name=name, version=version)
 
 
-def stub_for(port: int) -> tuple[grpc.Channel, vae_pb2_grpc.VaeServiceStub]:
-    """A channel and VaeService stub on 127.0.0.1:port with large message limits."""
-    channel = grpc.insecure_channel(
+def loopback_channel(port: int) -> grpc.Channel:
+    """An insecure channel to 127.0.0.1:port with 64 MiB message limits."""
+    return grpc.insecure_channel(
         f"127.0.0.1:{port}",
         options=[
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20),
         ],
     )
+
+
+def stub_for(port: int) -> tuple[grpc.Channel, vae_pb2_grpc.VaeServiceStub]:
+    """A channel and VaeService stub on 127.0.0.1:port with large message limits."""
+    channel = loopback_channel(port)
     return channel, vae_pb2_grpc.VaeServiceStub(channel)
 
 
