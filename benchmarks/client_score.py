@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,15 @@ LAUNCHER = (
     "    'peak_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,\n"
     "    'stderr': proc.stderr[-1000:]}))\n"
 )
+
+
+def launch_vae_client(args: list[str]) -> dict[str, Any]:
+    """`vae-client ARGS` under LAUNCHER: its rc, wall_s, peak_kib (its own) and stderr's tail."""
+    command = [str(Path(sys.executable).parent / "vae-client"), *args]
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, check=True
+    )
+    return json.loads(proc.stdout)
 
 
 def generate(path: Path, rows: int, server: str, model: str) -> None:
@@ -75,25 +85,21 @@ def main() -> None:
     if not args.input.exists():
         generate(args.input, args.rows, args.server, model)
     output = args.output or str(args.input.with_suffix(".scores.csv"))
-    client = [
-        str(Path(sys.executable).parent / "vae-client"),
-        "score",
-        str(args.input),
-        "-o",
-        output,
-        "-m",
-        model,
-        "--server",
-        args.server,
-        "--overwrite",
-        "-q",
-        "--batch-size",
-        str(args.batch_size),
-    ]
-    run = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", LAUNCHER, *client], capture_output=True, text=True, check=True
-        ).stdout
+    run = launch_vae_client(
+        [
+            "score",
+            str(args.input),
+            "-o",
+            output,
+            "-m",
+            model,
+            "--server",
+            args.server,
+            "--overwrite",
+            "-q",
+            "--batch-size",
+            str(args.batch_size),
+        ]
     )
     if run["rc"] != 0:
         raise SystemExit(f"vae-client failed: {run['stderr']}")

@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import load_average, machine_description
-from benchmarks.throughput import (
-    ThroughputConfig,
-    run_throughput,
-    speed_targets,
-    targets_table,
-)
-from benchmarks.throughput import markdown_tables as throughput_tables
+from benchmarks.markdown import minutes
+from benchmarks.progress import log
+from benchmarks.record import write_results
+from benchmarks.targets import quality_targets, speed_targets, targets_table
+from benchmarks.throughput import ThroughputConfig, run_throughput
+from benchmarks.throughput_report import markdown_tables as throughput_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "results.json"
@@ -36,41 +33,6 @@ QUALITY_TODO = (
     "TODO: benchmarks.quality (run_quality, markdown_tables) could not be imported, so anomaly "
     "quality and training time were not measured"
 )
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def quality_targets(quality: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's quality targets from a run_quality result, in speed_targets' shape."""
-    from benchmarks.quality import SHORT
-
-    out = []
-    for name, t in quality.get("targets", {}).items():
-        beaten = [SHORT.get(m, m) for m, ok in t["at_least"].items() if not ok]
-        out.append(
-            {
-                "target": "our best score's AUROC >= PyOD VAE, IsolationForest and PCA",
-                "measured_on": name,
-                "value": round(t["our_best_auroc"], 4),
-                "bound": ">= every other method"
-                + (f" (below: {', '.join(beaten)})" if beaten else ""),
-                "met": not beaten,
-            }
-        )
-    det = quality.get("determinism")
-    if det:
-        out.append(
-            {
-                "target": "our scores identical run to run (same model and rows)",
-                "measured_on": f"{det['ours_models_checked']} models",
-                "value": None,
-                "bound": "bitwise",
-                "met": bool(det["ours_identical"]),
-            }
-        )
-    return out
 
 
 def _machine_section(machine: dict[str, Any], loads: dict[str, Any]) -> str:
@@ -98,7 +60,7 @@ def render(results: dict[str, Any]) -> str:
         "# Benchmarks",
         "",
         f"Written by `python -m benchmarks.run{' --quick' if results['quick'] else ''}` on "
-        f"{results['started']} ({results['runtime_seconds'] / 60:.1f} min). Raw numbers: "
+        f"{results['started']} ({minutes(results['runtime_seconds'])}). Raw numbers: "
         "`benchmarks/results/results.json`.",
         "",
     ]
@@ -120,7 +82,7 @@ def render(results: dict[str, Any]) -> str:
         lines += ["## Throughput, latency and memory", "", throughput_tables(results["throughput"])]
     lines += ["## Anomaly quality and training time", ""]
     if results.get("quality"):
-        from benchmarks.quality import markdown_tables as quality_tables
+        from benchmarks.quality_report import markdown_tables as quality_tables
 
         lines.append(quality_tables(results["quality"]))
     else:
@@ -148,7 +110,7 @@ def run(
         "targets": [],
     }
     if throughput:
-        _log("== throughput, latency and memory")
+        log("== throughput, latency and memory")
         config = ThroughputConfig.quick() if quick else ThroughputConfig()
         tp_dir = None if workdir is None else workdir / "throughput"
         out["throughput"] = run_throughput(config, tp_dir)
@@ -159,9 +121,9 @@ def run(
             from benchmarks.quality import run_quality
         except ImportError as exc:  # another part of the project; may not be there yet
             out["quality_note"] = f"{QUALITY_TODO} ({exc})."
-            _log(out["quality_note"])
+            log(out["quality_note"])
         else:
-            _log("== anomaly quality and training time")
+            log("== anomaly quality and training time")
             q_dir = None if workdir is None else workdir / "quality"
             if quick:
                 out["quality"] = run_quality(seeds=(0,), digits=(0,), epochs=10, workdir=q_dir)
@@ -190,11 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         quality=not args.no_quality,
         workdir=args.workdir,
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=1) + "\n")
+    write_results(args.output, results)
     args.markdown.write_text(render(results))
     print(targets_table(results["targets"]))
-    _log(f"wrote {args.output} and {args.markdown}")
+    log(f"wrote {args.output} and {args.markdown}")
     return 0
 
 

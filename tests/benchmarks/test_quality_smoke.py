@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.quality import METHODS, OUR_SCORES, main, markdown_tables
+from benchmarks.detectors import METHODS, OUR_SCORES
+from benchmarks.quality import main
+from benchmarks.quality_report import markdown_tables
 
 
 @pytest.mark.slow

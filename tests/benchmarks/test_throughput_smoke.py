@@ -10,14 +10,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.run import render
-from benchmarks.throughput import (
-    SYSTEMS,
-    ThroughputConfig,
-    markdown_tables,
-    run_throughput,
-    speed_targets,
-    targets_table,
-)
+from benchmarks.systems import SYSTEMS
+from benchmarks.targets import speed_targets, targets_table
+from benchmarks.throughput import ThroughputConfig, run_throughput
+from benchmarks.throughput_report import markdown_tables
 
 
 @pytest.mark.slow
