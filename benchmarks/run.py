@@ -21,6 +21,7 @@ from typing import Any
 from benchmarks.machine import load_average, machine_description
 from benchmarks.markdown import minutes
 from benchmarks.progress import log
+from benchmarks.quality import run_quality
 from benchmarks.record import write_results
 from benchmarks.targets import quality_targets, speed_targets, targets_table
 from benchmarks.throughput import ThroughputConfig, run_throughput
@@ -29,10 +30,6 @@ from benchmarks.throughput_report import markdown_tables as throughput_tables
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "results.json"
 DEFAULT_MARKDOWN = ROOT / "BENCHMARKS.md"
-QUALITY_TODO = (
-    "TODO: benchmarks.quality (run_quality, markdown_tables) could not be imported, so anomaly "
-    "quality and training time were not measured"
-)
 
 
 def _machine_section(machine: dict[str, Any], loads: dict[str, Any]) -> str:
@@ -117,20 +114,14 @@ def run(
         out["targets"] += speed_targets(out["throughput"])
         out["load_average"]["after_throughput"] = load_average()
     if quality:
-        try:
-            from benchmarks.quality import run_quality
-        except ImportError as exc:  # another part of the project; may not be there yet
-            out["quality_note"] = f"{QUALITY_TODO} ({exc})."
-            log(out["quality_note"])
+        log("== anomaly quality and training time")
+        q_dir = None if workdir is None else workdir / "quality"
+        if quick:
+            out["quality"] = run_quality(seeds=(0,), digits=(0,), epochs=10, workdir=q_dir)
         else:
-            log("== anomaly quality and training time")
-            q_dir = None if workdir is None else workdir / "quality"
-            if quick:
-                out["quality"] = run_quality(seeds=(0,), digits=(0,), epochs=10, workdir=q_dir)
-            else:
-                out["quality"] = run_quality(workdir=q_dir)
-            out["targets"] += quality_targets(out["quality"])
-            out["load_average"]["after_quality"] = load_average()
+            out["quality"] = run_quality(workdir=q_dir)
+        out["targets"] += quality_targets(out["quality"])
+        out["load_average"]["after_quality"] = load_average()
     out["load_average"]["end"] = load_average()
     out["runtime_seconds"] = round(time.perf_counter() - started, 1)
     return out
