@@ -6,20 +6,16 @@ with VaeClient("localhost:50051") as client:
         ...
 """
 
+from vaeserve.client.batches import Batch
 from vaeserve.client.errors import VaeClientError
-from vaeserve.client.library import (
-    Batch,
-    EncodeResult,
-    ModelInfo,
-    ModelSummary,
-    SampleResult,
-    ScoreResult,
-    VaeClient,
-    parse_model,
-)
+from vaeserve.client.library import VaeClient
+from vaeserve.client.models import ModelInfo, ModelSummary, parse_model
+from vaeserve.client.options import ConnectionOptions
+from vaeserve.client.results import EncodeResult, SampleResult, ScoreResult
 
 __all__ = [
     "Batch",
+    "ConnectionOptions",
     "EncodeResult",
     "ModelInfo",
     "ModelSummary",

@@ -15,7 +15,6 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from vaeserve.client.columns import ColumnSelection, short_list
 from vaeserve.client.errors import VaeClientError
 
 INPUT_FORMATS = ("csv", "parquet", "npy")
@@ -86,91 +86,6 @@ def detect_input_format(path: str, fmt: str | None = None) -> str:
     return _SUFFIXES[suffix]
 
 
-def parse_columns(spec: str | Sequence[str] | None) -> list[str] | None:
-    """'a,b,c' or '@file' (names one per line or comma-separated) to a list of names."""
-    if spec is None:
-        return None
-    if not isinstance(spec, str):
-        return [str(s) for s in spec]
-    text = spec
-    if spec.startswith("@"):
-        try:
-            text = Path(spec[1:]).read_text()
-        except OSError as exc:
-            raise VaeClientError(
-                f"cannot read the column list {spec[1:]}: {exc.strerror}"
-            ) from None
-    names = [c.strip() for line in text.splitlines() for c in line.split(",")]
-    names = [c for c in names if c]
-    if not names:
-        raise VaeClientError(f"--columns {spec!r} names no columns")
-    return names
-
-
-def _index_columns(names: Sequence[str], width: int, path: str) -> list[int]:
-    """NPY column selection: integers, 'a-b' (inclusive) or 'a:b' (half-open) ranges."""
-    out: list[int] = []
-    for item in names:
-        try:
-            if ":" in item:
-                a, b = item.split(":", 1)
-                out.extend(range(int(a or 0), int(b) if b else width))
-            elif "-" in item.lstrip("-"):
-                a, b = item.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(item))
-        except ValueError:
-            raise VaeClientError(
-                f"{path}: an NPY file has no column names; --columns takes indices such as "
-                f"'0,1,2', '0-63' or '0:64', not {item!r}"
-            ) from None
-    bad = [i for i in out if not 0 <= i < width]
-    if bad:
-        raise VaeClientError(f"{path}: column indices {bad[:5]} are outside 0..{width - 1}")
-    return out
-
-
-def select_features(
-    available: Sequence[str],
-    *,
-    columns: Sequence[str] | None,
-    exclude: Sequence[str],
-    feature_names: Sequence[str] | None,
-    expected_dim: int | None,
-    where: str,
-) -> list[str]:
-    """The feature columns: --columns, else the model's feature names, else the rest."""
-    if columns:
-        missing = [c for c in columns if c not in available]
-        if missing:
-            raise VaeClientError(
-                f"{where}: columns {_short(missing)} are not in the input; it has "
-                f"{_short(available)}"
-            )
-        if len(set(columns)) != len(columns):
-            raise VaeClientError(f"{where}: --columns names a column twice")
-        chosen = list(columns)
-    elif feature_names and all(f in available for f in feature_names):
-        chosen = list(feature_names)
-    else:
-        chosen = [c for c in available if c not in exclude]
-    if expected_dim is not None and len(chosen) != expected_dim:
-        how = "--columns selects" if columns else "the input has"
-        names = f" (the model's feature names are {_short(feature_names)})" if feature_names else ""
-        raise VaeClientError(
-            f"{where}: {how} {len(chosen)} feature columns but the model expects "
-            f"{expected_dim}; pick them with --columns{names}"
-        )
-    return chosen
-
-
-def _short(names: Sequence[str], limit: int = 8) -> str:
-    names = list(names)
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} in all)"
-
-
 class InputReader:
     """Base of the readers: resolved columns, total rows (when known) and chunk iteration."""
 
@@ -210,23 +125,6 @@ class InputReader:
         self.close()
 
 
-def _aux_names(
-    id_column: str | None, condition_column: str | None, keep: bool, all_columns: Sequence[str]
-) -> list[str]:
-    if keep:
-        return list(all_columns)
-    return list(dict.fromkeys(c for c in (id_column, condition_column) if c))
-
-
-def _check_aux(where: str, available: Sequence[str], **named: str | None) -> None:
-    for option, name in named.items():
-        if name is not None and name not in available:
-            raise VaeClientError(
-                f"{where}: --{option.replace('_', '-')} {name!r} is not a column; the input "
-                f"has {_short(available)}"
-            )
-
-
 class CsvReader(InputReader):
     """CSV from a file (optionally compressed) or stdin, parsed block by block."""
 
@@ -235,17 +133,14 @@ class CsvReader(InputReader):
     def __init__(
         self,
         path: str,
+        selection: ColumnSelection | None = None,
         *,
-        columns: Sequence[str] | None = None,
-        id_column: str | None = None,
-        condition_column: str | None = None,
-        keep_columns: bool = False,
-        feature_names: Sequence[str] | None = None,
-        expected_dim: int | None = None,
         delimiter: str | None = None,
         block_bytes: int = CSV_BLOCK_BYTES,
         stdin: BinaryIO | None = None,
+        **select: Any,
     ) -> None:
+        """Read the header and resolve the columns; `select` are ColumnSelection's fields."""
         super().__init__(path)
         self.where = "stdin" if path == "-" else path
         if delimiter is None:
@@ -264,16 +159,8 @@ class CsvReader(InputReader):
         if dupes:
             raise VaeClientError(f"{self.where}: the CSV header repeats columns {dupes}")
         self.columns = names
-        _check_aux(self.where, names, id_column=id_column, condition_column=condition_column)
-        self.features = select_features(
-            names,
-            columns=columns,
-            exclude=[c for c in (id_column, condition_column) if c],
-            feature_names=feature_names,
-            expected_dim=expected_dim,
-            where=self.where,
-        )
-        self.aux_columns = _aux_names(id_column, condition_column, keep_columns, names)
+        selected = ColumnSelection.of(selection, **select)
+        self.features, self.aux_columns = selected.resolve(names, self.where)
         self._consumed = False
 
     def _read_header(self) -> str:
@@ -512,17 +399,8 @@ class ParquetReader(InputReader):
 
     format = "parquet"
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        columns: Sequence[str] | None = None,
-        id_column: str | None = None,
-        condition_column: str | None = None,
-        keep_columns: bool = False,
-        feature_names: Sequence[str] | None = None,
-        expected_dim: int | None = None,
-    ) -> None:
+    def __init__(self, path: str, selection: ColumnSelection | None = None, **select: Any) -> None:
+        """Open the file and resolve the columns; `select` are ColumnSelection's fields."""
         super().__init__(path)
         self._require_file()
         try:
@@ -532,14 +410,8 @@ class ParquetReader(InputReader):
         schema = self._file.schema_arrow
         names = list(schema.names)
         self.columns = names
-        _check_aux(path, names, id_column=id_column, condition_column=condition_column)
-        self.features = select_features(
-            names,
-            columns=columns,
-            exclude=[c for c in (id_column, condition_column) if c],
-            feature_names=feature_names,
-            expected_dim=expected_dim,
-            where=path,
+        self.features, self.aux_columns = ColumnSelection.of(selection, **select).resolve(
+            names, path
         )
         not_numeric = [
             f"{c} ({schema.field(c).type})"
@@ -548,9 +420,8 @@ class ParquetReader(InputReader):
         ]
         if not_numeric:
             raise VaeClientError(
-                f"{path}: feature columns must be numeric; these are not: {_short(not_numeric)}"
+                f"{path}: feature columns must be numeric; these are not: {short_list(not_numeric)}"
             )
-        self.aux_columns = _aux_names(id_column, condition_column, keep_columns, names)
         self.num_rows = self._file.metadata.num_rows
 
     def chunks(
@@ -620,20 +491,13 @@ class NpyReader(InputReader):
 
     format = "npy"
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        columns: Sequence[str] | None = None,
-        id_column: str | None = None,
-        condition_column: str | None = None,
-        keep_columns: bool = False,
-        feature_names: Sequence[str] | None = None,
-        expected_dim: int | None = None,
-    ) -> None:
+    def __init__(self, path: str, selection: ColumnSelection | None = None, **select: Any) -> None:
+        """Read the header and resolve the column indices; `select` are ColumnSelection's
+        fields (an NPY file has no id or condition column)."""
         super().__init__(path)
-        if id_column or condition_column:
-            option = "--id-column" if id_column else "--condition-column"
+        selected = ColumnSelection.of(selection, **select)
+        if selected.named:
+            option = "--id-column" if selected.id_column else "--condition-column"
             raise VaeClientError(
                 f"{path}: {option} needs a CSV or Parquet input; an NPY file has no named columns"
             )
@@ -663,18 +527,16 @@ class NpyReader(InputReader):
         self._fortran = fortran
         self.num_rows, self.width = int(shape[0]), int(shape[1])
         self.columns = [f"x{i}" for i in range(self.width)]
-        if columns:
-            self._index = _index_columns(columns, self.width, path)
-        else:
-            self._index = list(range(self.width))
+        self._index = selected.indices(self.width, path)
+        expected_dim = selected.expected_dim
         if expected_dim is not None and len(self._index) != expected_dim:
             raise VaeClientError(
                 f"{path}: {len(self._index)} feature columns selected but the model expects "
                 f"{expected_dim}; pick them with --columns (e.g. --columns 0:{expected_dim})"
             )
         self.features = [self.columns[i] for i in self._index]
-        self._keep = keep_columns
-        self.aux_columns = list(self.columns) if keep_columns else []
+        self._keep = selected.keep_columns
+        self.aux_columns = list(self.columns) if self._keep else []
 
     def _read(self, start: int, n: int) -> np.ndarray:
         if self._fortran:  # column-major on disk: a row slice is strided, so map the file
@@ -729,50 +591,28 @@ def _read_npy_header(f: BinaryIO, version: tuple[int, int]) -> tuple[Any, bool, 
 
 def open_input(
     path: str,
+    selection: ColumnSelection | None = None,
     *,
     fmt: str | None = None,
-    columns: Sequence[str] | None = None,
-    id_column: str | None = None,
-    condition_column: str | None = None,
-    keep_columns: bool = False,
-    feature_names: Sequence[str] | None = None,
-    expected_dim: int | None = None,
     stdin: BinaryIO | None = None,
+    **select: Any,
 ) -> InputReader:
-    """Open an input for chunked reading; VaeClientError explains any problem."""
+    """Open an input for chunked reading; `select` are ColumnSelection's fields (columns,
+    id_column, ...) when no `selection` is given. VaeClientError explains any problem."""
     kind = detect_input_format(path, fmt)
     if path == "-" and kind != "csv":
         raise VaeClientError("stdin ('-') is read as CSV only")
-    kwargs: dict[str, Any] = {
-        "columns": columns,
-        "id_column": id_column,
-        "condition_column": condition_column,
-        "keep_columns": keep_columns,
-        "feature_names": feature_names,
-        "expected_dim": expected_dim,
-    }
+    selected = ColumnSelection.of(selection, **select)
     if kind == "csv":
-        return CsvReader(path, stdin=stdin, **kwargs)
+        return CsvReader(path, selected, stdin=stdin)
     if kind == "parquet":
-        return ParquetReader(path, **kwargs)
-    return NpyReader(path, **kwargs)
-
-
-def read_all_rows(
-    reader: InputReader, batch_size: int = 65536
-) -> tuple[np.ndarray, pa.Table | None]:
-    """Every row of a (small) input at once: for commands such as interpolate."""
-    rows, aux = [], []
-    for chunk in reader.chunks(batch_size):
-        rows.append(chunk.rows)
-        if chunk.aux is not None:
-            aux.append(chunk.aux)
-    matrix = np.concatenate(rows) if rows else np.zeros((0, len(reader.features)), np.float32)
-    return matrix, (pa.concat_tables(aux) if aux else None)
+        return ParquetReader(path, selected)
+    return NpyReader(path, selected)
 
 
 __all__ = [
     "INPUT_FORMATS",
+    "ColumnSelection",
     "CsvReader",
     "InputChunk",
     "InputReader",
@@ -781,7 +621,4 @@ __all__ = [
     "ParquetReader",
     "detect_input_format",
     "open_input",
-    "parse_columns",
-    "read_all_rows",
-    "select_features",
 ]

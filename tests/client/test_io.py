@@ -14,14 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from vaeserve.client import VaeClientError
-from vaeserve.client.jobs import lerp, one_hot, slerp
-from vaeserve.client.readers import (
-    CsvReader,
-    detect_input_format,
-    open_input,
-    parse_columns,
-    read_all_rows,
-)
+from vaeserve.client.columns import parse_columns
+from vaeserve.client.conditions import one_hot
+from vaeserve.client.readers import CsvReader, detect_input_format, open_input
+from vaeserve.client.transforms import lerp, slerp
 from vaeserve.client.writers import detect_output_format, open_writer, spool_path
 
 NAMES = ["a", "b", "c"]
@@ -169,11 +165,12 @@ def test_npy_reads_slices_big_endian_and_fortran(tmp_path: Path) -> None:
         open_input(str(tmp_path / "s.npy"))
 
 
-def test_read_all_rows(tmp_path: Path) -> None:
+def test_chunks_together_hold_every_row(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", rows(10))
-    got, aux = read_all_rows(open_input(str(tmp_path / "x.npy")), batch_size=3)
+    with open_input(str(tmp_path / "x.npy")) as reader:
+        chunks, got = collect(reader, 3)
     np.testing.assert_array_equal(got, rows(10))
-    assert aux is None
+    assert all(c.aux is None for c in chunks)
 
 
 SCHEMA = pa.schema(

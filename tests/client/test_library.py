@@ -88,7 +88,7 @@ def test_large_arrays_are_split_into_requests_under_the_limits(target: str, digi
 def test_sample_streams_one_request_at_a_time(target: str, tmp_path: Path) -> None:
     """iter_sample yields each request's rows (part k drawn with seed + k); sample_to_file writes
     them as they come and matches sample() on the same limits."""
-    from vaeserve.client.jobs import sample_to_file
+    from vaeserve.client.transforms import sample_to_file
 
     with VaeClient(target, max_request_rows=10) as small:
         parts = list(small.iter_sample(25, model=MODEL, seed=5))

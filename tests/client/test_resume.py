@@ -20,8 +20,10 @@ import pytest
 from tests.client.conftest import MODEL, VENV_BIN, ServerProcess, client_env, free_port
 from tests.client.helpers import read_output, read_rejects, write_inputs
 from vaeserve.client import VaeClient, VaeClientError
-from vaeserve.client import jobs as jobs_module
-from vaeserve.client.jobs import JobInterrupted, ScoreJob, checkpoint_path, run_score_job
+from vaeserve.client import checkpoint as jobs_module
+from vaeserve.client.checkpoint import checkpoint_path
+from vaeserve.client.job_summary import JobInterrupted
+from vaeserve.client.jobs import ScoreJob, run_score_job
 
 
 @pytest.fixture(scope="module")
