@@ -200,6 +200,35 @@ def _score_cmd(port: int, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def _start_job(port: int, out: Path, data: bytes, *extra: str) -> subprocess.Popen[bytes]:
+    """A `vae-client score -` child fed the first 1000 CSV rows, once it has committed 300."""
+    proc = subprocess.Popen(
+        _score_cmd(port, out, *extra),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=client_env(),
+    )
+    _feed(proc, b"".join(data.splitlines(keepends=True)[:1001]))
+    _wait_for_rows(Path(checkpoint_path(str(out))), 300, proc)
+    return proc
+
+
+def _rest(data: bytes) -> bytes:
+    """The CSV rows after the first 1000 (what `_start_job` did not feed)."""
+    return b"".join(data.splitlines(keepends=True)[1001:])
+
+
+def _resume(port: int, out: Path, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    """`vae-client score - --resume` over the whole input, to completion."""
+    return subprocess.run(
+        _score_cmd(port, out, "--resume"),
+        input=data,
+        capture_output=True,
+        env=client_env(),
+        timeout=300,
+    )
+
+
 @pytest.mark.slow
 def test_server_killed_mid_job_then_resume_gives_exactly_once(
     model_repo: Path, inputs, reference, tmp_path: Path
@@ -208,31 +237,17 @@ def test_server_killed_mid_job_then_resume_gives_exactly_once(
     server = ServerProcess(model_repo, port, tmp_path / "server.log").start()
     out = tmp_path / "out.csv"
     data = inputs["csv"].read_bytes()
-    lines = data.splitlines(keepends=True)
-    first, rest = b"".join(lines[:1001]), b"".join(lines[1001:])
     try:
-        proc = subprocess.Popen(
-            _score_cmd(port, out, "--retries", "0"),
-            stdin=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=client_env(),
-        )
-        _feed(proc, first)
-        done = _wait_for_rows(Path(checkpoint_path(str(out))), 300, proc)
+        proc = _start_job(port, out, data, "--retries", "0")
+        done = json.loads(Path(checkpoint_path(str(out))).read_text())["rows_done"]
         assert done < 1797
         server.kill()
-        _feed(proc, rest)
+        _feed(proc, _rest(data))
         err = _finish(proc)
         assert proc.returncode == 1, err.decode()
         assert b"UNAVAILABLE" in err and b"--resume" in err
         server.start()
-        resumed = subprocess.run(
-            _score_cmd(port, out, "--resume"),
-            input=data,
-            capture_output=True,
-            env=client_env(),
-            timeout=300,
-        )
+        resumed = _resume(port, out, data)
         assert resumed.returncode == 0, resumed.stderr.decode()
         assert b"resumed at row" in resumed.stderr
     finally:
@@ -248,12 +263,7 @@ def test_client_stopped_mid_job_then_resume_gives_exactly_once(
     port = int(target.rsplit(":", 1)[1])
     out = tmp_path / "out.jsonl"
     data = inputs["csv"].read_bytes()
-    lines = data.splitlines(keepends=True)
-    proc = subprocess.Popen(
-        _score_cmd(port, out), stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env()
-    )
-    _feed(proc, b"".join(lines[:1001]))
-    _wait_for_rows(Path(checkpoint_path(str(out))), 300, proc)
+    proc = _start_job(port, out, data)
     proc.send_signal(sig)
     err = _finish(proc)
     if sig == signal.SIGINT:
@@ -261,13 +271,7 @@ def test_client_stopped_mid_job_then_resume_gives_exactly_once(
         assert b"interrupted after" in err and b"--resume" in err
     else:
         assert proc.returncode == -signal.SIGKILL
-    resumed = subprocess.run(
-        _score_cmd(port, out, "--resume"),
-        input=data,
-        capture_output=True,
-        env=client_env(),
-        timeout=300,
-    )
+    resumed = _resume(port, out, data)
     assert resumed.returncode == 0, resumed.stderr.decode()
     check_exactly_once(out, tmp_path / "out.rejects.csv", reference, "id")
 
@@ -281,19 +285,11 @@ def test_job_rides_out_a_server_restart_with_retries(
     server = ServerProcess(model_repo, port, tmp_path / "server.log").start()
     out = tmp_path / "out.parquet"
     data = inputs["csv"].read_bytes()
-    lines = data.splitlines(keepends=True)
     try:
-        proc = subprocess.Popen(
-            _score_cmd(port, out, "--retries", "30"),
-            stdin=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=client_env(),
-        )
-        _feed(proc, b"".join(lines[:1001]))
-        _wait_for_rows(Path(checkpoint_path(str(out))), 300, proc)
+        proc = _start_job(port, out, data, "--retries", "30")
         server.kill()
         server.start()
-        _feed(proc, b"".join(lines[1001:]))
+        _feed(proc, _rest(data))
         err = _finish(proc)
         assert proc.returncode == 0, err.decode()
     finally:
