@@ -30,6 +30,7 @@ from vaeserve.server import kserve
 from vaeserve.server.interception import Layer, LayeredInterceptor
 from vaeserve.server.observability import Metrics, MetricsEndpoint, ObservabilityInterceptor
 from vaeserve.server.ops import ModelOps
+from vaeserve.server.probe_port import ProbePort
 from vaeserve.server.repository import ModelRepository, ScanResult
 from vaeserve.server.security import (
     AuthLayer,
@@ -97,6 +98,7 @@ class ServerApp:
         )
         self.ops = ModelOps(self.repository, settings, self.metrics)
         self.health = health_aio.HealthServicer()
+        self.probe_port = ProbePort(settings, self.health)  # health_port: plaintext, health only
         self.server: grpc.aio.Server | None = None
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.stream_limit = StreamLimitLayer(settings.max_streams, STREAM_METHODS, self.metrics)
@@ -177,12 +179,14 @@ class ServerApp:
                 raise ServerStartError(str(exc)) from exc
         await server.start()
         try:
+            await self.probe_port.start()
             result = await loop.run_in_executor(
                 self.loader_pool, functools.partial(self.repository.scan, strict=True)
             )
             await self._apply_health(result)
         except BaseException:
             await server.stop(0)
+            await self.probe_port.stop()
             self._stop_metrics()
             raise
         self.started = True
@@ -301,6 +305,7 @@ class ServerApp:
         if self.server is not None:
             log.info("stopping: in-flight calls get up to %.1fs", grace)
             await self.server.stop(grace)
+        await self.probe_port.stop()
         self.inference_pool.shutdown(wait=False, cancel_futures=True)
         self.loader_pool.shutdown(wait=False, cancel_futures=True)
         self._stop_metrics()

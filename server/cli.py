@@ -21,6 +21,7 @@ import click
 
 from vaeserve.server.app import ServerStartError, start_server
 from vaeserve.server.observability import configure_logging
+from vaeserve.server.probe_port import ProbePortError
 from vaeserve.server.repository import LoadError
 from vaeserve.server.sessions import DeviceError
 from vaeserve.server.settings import (
@@ -106,7 +107,7 @@ def main(config: Path | None, print_config: bool, **flags: Any) -> None:
     signal.signal(signal.SIGINT, on_signal)
     try:
         server = start_server(settings)
-    except (DeviceError, ServerStartError, LoadError) as exc:
+    except (DeviceError, ServerStartError, LoadError, ProbePortError) as exc:
         click.echo(f"vae-server: error: {exc}", err=True)
         sys.exit(2)
     metrics = f"; metrics on :{server.metrics_port}/metrics" if server.metrics_port else ""
