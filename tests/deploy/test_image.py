@@ -85,8 +85,10 @@ def test_image_is_small_non_root_and_cpu_only(image: str) -> None:
     assert config["Entrypoint"] == ["/opt/vaeserve/bin/vae-server"]
     assert {"50051/tcp", "50052/tcp", "9100/tcp"} <= set(config["ExposedPorts"])
     envs = dict(e.split("=", 1) for e in config["Env"])
-    assert envs["VAESERVE_MODEL_REPO"] == "/mnt/models"
-    assert envs["VAESERVE_HEALTH_PORT"] == "50052"
+    assert envs["VAESERVE_CONFIG"] == "/etc/vaeserve/config/server.toml"
+    printed = podman("run", "--rm", "--network=host", image, "--print-config").stdout
+    assert 'model_repo = "/mnt/models"' in printed and "health_port = 50052" in printed
+    assert "metrics_port = 9100" in printed and "port = 50051" in printed
     labels = config["Labels"]
     for key in ("title", "version", "revision", "licenses", "base.name"):
         assert labels.get(f"org.opencontainers.image.{key}"), key
