@@ -6,7 +6,7 @@ that resolve, and a server config vae-server itself accepts."""
 from __future__ import annotations
 
 import base64
-import tomllib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ KSERVE = ROOT / "deploy" / "kserve"
 # the oldest Kubernetes the manifests promise (gRPC probes are GA since 1.27), and the newest
 MIN_K8S = "1.29"
 REGISTRY = "registry.example.com/vaeserve"
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VERSION = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
 # overlay -> image flavour
 OVERLAYS = {"cpu": "cpu", "cuda": "cuda", "tls": "cpu", "servicemonitor": "cpu"}
 # Secrets the user provides (docs/deploy.md); everything else must be in the render
@@ -167,7 +167,7 @@ def test_one_image_tag_per_overlay(overlay, kserve_objects) -> None:
 
 
 def test_references_resolve(overlay) -> None:
-    name, objects = overlay
+    _, objects = overlay
     by_kind: dict[str, dict[str, dict[str, Any]]] = {}
     for o in objects:
         by_kind.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
@@ -205,15 +205,12 @@ def test_references_resolve(overlay) -> None:
         if "persistentVolumeClaim" in volume:
             claim = volume["persistentVolumeClaim"]
             assert claim["claimName"] in by_kind["PersistentVolumeClaim"] and claim["readOnly"]
-    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] in by_kind[
-        "ServiceAccount"
-    ]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] in by_kind["ServiceAccount"]
     for monitor in by_kind.get("ServiceMonitor", {}).values():
         selected = [
             s
             for s in by_kind["Service"].values()
-            if monitor["spec"]["selector"]["matchLabels"].items()
-            <= s["metadata"]["labels"].items()
+            if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
         ]
         ports = {p["name"] for s in selected for p in s["spec"]["ports"]}
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
