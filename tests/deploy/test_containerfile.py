@@ -63,6 +63,7 @@ def test_targets_share_one_shape() -> None:
     for flavour in FLAVOURS:
         wheels = stages[f"wheels-{flavour}"]
         assert wheels[0] == ("FROM", f"source AS wheels-{flavour}")
+        assert "PIP_INDEX_URL" in _args(wheels, "ARG"), "a mirror for builds with network"
         assert f"deploy/wheelhouse/{flavour}/ /wheelhouse/" in _args(wheels, "COPY")
         assert _args(wheels, "RUN") == [f"sh /src/deploy/image/build-wheels.sh {flavour}"]
         final = stages[flavour]

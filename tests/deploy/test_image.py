@@ -9,6 +9,7 @@ mmdebstrap, a host-side wheelhouse); docs/deploy.md explains the recipe.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -39,27 +40,31 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 TOKEN = "container-test-token"
 
 
-@pytest.fixture(scope="module")
-def image() -> str:
-    """The CPU image as scripts/image-build.sh builds and tags it (localhost/vaeserve:VERSION-cpu;
+def build(flavour: str) -> str:
+    """The image as scripts/image-build.sh builds and tags it (localhost/vaeserve:VERSION-FLAVOUR;
     kept afterwards, so a rerun with nothing changed takes seconds)."""
     require_tools()
     t0 = time.monotonic()
     result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "image-build.sh"), "cpu"],
+        ["bash", str(ROOT / "scripts" / "image-build.sh"), flavour],
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=3600,
         env=env(),
     )
     assert result.returncode == 0, f"image build failed:\n{result.stderr[-6000:]}"
-    FIGURES["cpu image build (this run, base and layers cached or not)"] = (
+    steps = [ln for ln in result.stderr.splitlines() if ln.startswith("image-build:")]
+    FIGURES[f"{flavour} image build (this run; base, wheels, layers cached or not)"] = (
         f"{time.monotonic() - t0:.0f} s; "
-        + next(
-            (ln for ln in result.stderr.splitlines() if ln.startswith("image-build:")), ""
-        ).removeprefix("image-build: ")
+        + (steps[-1].removeprefix("image-build: ") if steps else "")
     )
     return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The CPU image."""
+    return build("cpu")
 
 
 @pytest.fixture
@@ -150,6 +155,50 @@ def _score(server: str, rows: Path, out: Path, *extra: str) -> dict[str, np.ndar
     return {c: table.column(c).to_numpy() for c in SCORE_COLUMNS}
 
 
+def start(image: str, name: str, mounts: dict[Path, str], settings: dict[str, str]) -> float:
+    """`podman run` the image on the host network with read-only mounts and VAESERVE_* settings;
+    returns the seconds until its probe port (VAESERVE_HEALTH_PORT) answers SERVING."""
+    args = ["run", "--detach", "--name", name, "--network=host", "--read-only"]
+    for host, inside in mounts.items():
+        args += ["--volume", f"{host}:{inside}:ro"]
+    for key, value in settings.items():
+        args += ["--env", f"VAESERVE_{key}={value}"]
+    t0 = time.monotonic()
+    podman(*args, image)
+    probe = int(settings["HEALTH_PORT"])
+    while _health(probe) != SERVING:
+        state = podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+        logs = podman("logs", name, check=False)
+        assert state == "running", f"container {state}:\n{logs.stdout}{logs.stderr}"
+        assert time.monotonic() - t0 < 60, f"not SERVING after 60 s:\n{logs.stderr}"
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def stop(name: str) -> float:
+    """`podman stop` (SIGTERM); asserts exit code 0 after the drain; returns its seconds."""
+    t0 = time.monotonic()
+    podman("stop", "--time", "30", name, timeout=60)
+    seconds = time.monotonic() - t0
+    code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+    logs = podman("logs", name).stdout
+    assert code == "0", logs
+    assert "vae-server stopped" in logs
+    return seconds
+
+
+def digits_rows(path: Path, n: int = 1000) -> Path:
+    """n rows of scikit-learn's digits as an NPY file."""
+    np.save(path, load_digits().data[:n].astype(np.float32))
+    return path
+
+
+def direct_scores(model_repo: Path, rows: Path, out: Path) -> dict[str, np.ndarray]:
+    """The same rows scored by vae-server run in this process (no container)."""
+    with start_server(local_settings(model_repo)) as direct:
+        return _score(f"127.0.0.1:{direct.port}", rows, out)
+
+
 @pytest.fixture
 def container_name() -> Iterator[str]:
     name = f"vaeserve-test-{uuid.uuid4().hex[:8]}"
@@ -167,35 +216,25 @@ def test_container_serves_like_the_server_run_directly(
     for src in (pki.server.cert, pki.server.key):
         shutil.copy(src, tls / src.name)
         (tls / src.name).chmod(0o644)
-    rows = tmp_path / "rows.npy"
-    np.save(rows, load_digits().data[:1000].astype(np.float32))
+    rows = digits_rows(tmp_path / "rows.npy")
 
     port, probe, metrics = free_port(), free_port(), free_port()
-    t0 = time.monotonic()
-    podman(
-        "run", "--detach", "--name", container_name, "--network=host", "--read-only",
-        "--volume", f"{repo}:/mnt/models:ro", "--volume", f"{tls}:/etc/vaeserve/tls:ro",
-        "--env", "VAESERVE_HOST=127.0.0.1", "--env", f"VAESERVE_PORT={port}",
-        "--env", f"VAESERVE_HEALTH_PORT={probe}", "--env", f"VAESERVE_METRICS_PORT={metrics}",
-        "--env", f"VAESERVE_TLS_CERT=/etc/vaeserve/tls/{pki.server.cert.name}",
-        "--env", f"VAESERVE_TLS_KEY=/etc/vaeserve/tls/{pki.server.key.name}",
-        "--env", f"VAESERVE_TOKENS={TOKEN}",
-        image,
-    )  # fmt: skip
-    while _health(probe) != SERVING:
-        state = podman("inspect", "--format", "{{.State.Status}}", container_name).stdout.strip()
-        logs = podman("logs", container_name, check=False)
-        assert state == "running", f"container {state}:\n{logs.stdout}{logs.stderr}"
-        assert time.monotonic() - t0 < 60, f"not SERVING after 60 s:\n{logs.stderr}"
-        time.sleep(0.05)
-    FIGURES["container start to SERVING (podman run to probe answer)"] = (
-        f"{time.monotonic() - t0:.2f} s"
-    )
+    settings = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "HEALTH_PORT": str(probe),
+        "METRICS_PORT": str(metrics),
+        "TLS_CERT": f"/etc/vaeserve/tls/{pki.server.cert.name}",
+        "TLS_KEY": f"/etc/vaeserve/tls/{pki.server.key.name}",
+        "TOKENS": TOKEN,
+    }
+    mounts = {repo: "/mnt/models", tls: "/etc/vaeserve/tls"}
+    seconds = start(image, container_name, mounts, settings)
+    FIGURES["container start to SERVING (podman run to probe answer)"] = f"{seconds:.2f} s"
 
     tls_opts = ("--tls-ca", str(pki.ca.cert), "--token", TOKEN)
     in_container = _score(f"localhost:{port}", rows, tmp_path / "container.parquet", *tls_opts)
-    with start_server(local_settings(model_repo)) as direct:
-        directly = _score(f"127.0.0.1:{direct.port}", rows, tmp_path / "direct.parquet")
+    directly = direct_scores(model_repo, rows, tmp_path / "direct.parquet")
     for column in SCORE_COLUMNS:
         np.testing.assert_array_equal(in_container[column], directly[column], err_msg=column)
     FIGURES["scores equal (1000 rows, 5 columns, container vs. direct)"] = "bit for bit"
@@ -213,10 +252,75 @@ def test_container_serves_like_the_server_run_directly(
     assert b"vaeserve_ready 1.0" in page
     assert b'vaeserve_scored_rows_total{model="digits"} 1000.0' in page
 
-    t_stop = time.monotonic()
-    podman("stop", "--time", "30", container_name, timeout=60)
-    FIGURES["SIGTERM to exit"] = f"{time.monotonic() - t_stop:.2f} s"
-    code = podman("inspect", "--format", "{{.State.ExitCode}}", container_name).stdout.strip()
-    logs = podman("logs", container_name).stdout
-    assert code == "0", logs
-    assert "vae-server stopped" in logs
+    FIGURES["SIGTERM to exit 0"] = f"{stop(container_name):.2f} s"
+
+
+CUDA_OPT_IN = "VAESERVE_IMAGE_TEST_CUDA"
+# the libraries onnxruntime-gpu's CUDA provider needs, as NVIDIA's pip packages ship them
+CUDA_LIBS = {
+    "libcublasLt.so.13",
+    "libcublas.so.13",
+    "libcudart.so.13",
+    "libcudnn.so.9",
+    "libcufft.so.12",
+    "libcurand.so.10",
+    "libnvrtc.so.13",
+}
+
+
+@pytest.mark.skipif(
+    os.environ.get(CUDA_OPT_IN) != "1",
+    reason=f"the CUDA image (1.6 GB of wheels, 2.8 GB image, ~10 min on 2 cores) is built "
+    f"only with {CUDA_OPT_IN}=1",
+)
+def test_cuda_image_brings_its_cuda_libraries(
+    model_repo: Path, shared_dir: Path, tmp_path: Path, container_name: str
+) -> None:
+    """The CUDA image: onnxruntime-gpu, and every CUDA/cuDNN library its provider needs loaded
+    from the pip packages by preload_dlls(); without a GPU only the driver (libcuda.so.1, which
+    the NVIDIA container toolkit mounts) is missing, and the server scores on CPU."""
+    image = build("cuda")
+    (info,) = json.loads(podman("image", "inspect", image).stdout)
+    assert info["Config"]["User"] == "1000:0"
+    FIGURES["cuda image size"] = f"{info['Size'] / 1e6:.0f} MB"
+    check = r"""
+import ctypes, importlib.metadata as md, json, pathlib, re
+import onnxruntime as ort
+from vaeserve.server.cuda_libs import preload_cuda_libraries
+preload_cuda_libraries()
+maps = open("/proc/self/maps").read()
+lib = pathlib.Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+try:
+    ctypes.CDLL(str(lib))
+    provider = "loads"
+except OSError as exc:
+    provider = str(exc)
+print(json.dumps({
+    "dists": sorted(d.metadata["Name"].lower() for d in md.distributions()),
+    "loaded": sorted({m.rsplit("/", 1)[1] for m in re.findall(r"/\S+/nvidia/\S+", maps)}),
+    "provider": provider,
+    "providers": ort.get_available_providers(),
+}))
+"""
+    run = podman(
+        "run", "--rm", "--network=host", "--read-only",
+        "--entrypoint", "/opt/vaeserve/bin/python", image, "-c", check,
+    )  # fmt: skip
+    found = json.loads(run.stdout)
+    assert "onnxruntime-gpu" in found["dists"]
+    assert "onnxruntime" not in found["dists"] and "torch" not in found["dists"]
+    assert "CUDAExecutionProvider" in found["providers"]
+    assert set(found["loaded"]) >= CUDA_LIBS, found["loaded"]
+    if not Path("/dev/nvidia0").exists():
+        assert found["provider"].startswith("libcuda.so.1"), found["provider"]
+
+    repo = _readable_copy(model_repo, shared_dir / "models")
+    rows = digits_rows(tmp_path / "rows.npy")
+    port, probe = free_port(), free_port()
+    settings = {"HOST": "127.0.0.1", "PORT": str(port), "HEALTH_PORT": str(probe)}
+    start(image, container_name, {repo: "/mnt/models"}, settings)
+    in_container = _score(f"127.0.0.1:{port}", rows, tmp_path / "container.parquet")
+    directly = direct_scores(model_repo, rows, tmp_path / "direct.parquet")
+    for column in SCORE_COLUMNS:
+        np.testing.assert_array_equal(in_container[column], directly[column], err_msg=column)
+    stop(container_name)
