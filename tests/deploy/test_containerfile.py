@@ -72,11 +72,18 @@ def test_targets_share_one_shape() -> None:
         assert run.startswith(f"--mount=type=bind,from=wheels-{flavour},source=/wheels,")
         assert run.endswith("sh /wheels/install.sh")
         assert final[-1] == ("USER", "1000:0"), "the image ends as uid 1000, group 0"
+        # labels that change with every commit come after the install (its cache survives)
+        ops = [op for op, _ in final]
+        assert ops.index("RUN") < min(i for i, op in enumerate(ops) if op == "ARG")
+        labels = " ".join(_args(final, "LABEL") + _args(stages["runtime"], "LABEL"))
+        assert f'io.vaeserve.flavour="{flavour}"' in labels
+        for key in ("title", "version", "revision", "licenses", "base.name"):
+            assert f"org.opencontainers.image.{key}=" in labels, key
     for name in ("source", "runtime"):
         assert stages[name][0] == ("FROM", f"${{BASE}} AS {name}")
 
 
-def test_runtime_settings_ports_and_labels_agree() -> None:
+def test_runtime_settings_and_ports_agree() -> None:
     runtime = _stages()["runtime"]
     (entrypoint,) = _args(runtime, "ENTRYPOINT")
     assert json.loads(entrypoint) == ["/opt/vaeserve/bin/vae-server"]
@@ -89,9 +96,6 @@ def test_runtime_settings_ports_and_labels_agree() -> None:
     (expose,) = _args(runtime, "EXPOSE")
     ports = {settings["port"], settings["health_port"], settings["metrics_port"]}
     assert {int(p) for p in expose.split()} == ports
-    labels = " ".join(_args(runtime, "LABEL"))
-    for key in ("title", "version", "revision", "licenses", "base.name"):
-        assert f"org.opencontainers.image.{key}=" in labels, key
 
 
 def test_build_context_holds_what_the_containerfile_copies() -> None:
