@@ -124,6 +124,8 @@ def test_probes_use_the_health_only_port(overlay, tmp_path: Path) -> None:
     # bound to the pod's address
     assert env["VAESERVE_HEALTH_HOST"]["value"] == "$(POD_IP)"
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    names = [e["name"] for e in container["env"]]
+    assert names.index("POD_IP") < names.index("VAESERVE_HEALTH_HOST"), "$(POD_IP) needs it first"
 
 
 def test_pods_run_non_root_and_locked_down(overlay) -> None:
