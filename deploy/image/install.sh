@@ -1,5 +1,5 @@
 #!/bin/sh
-# Final stage: install vaeserve and its pinned dependencies from /wheels (no index, no network)
+# venv stage: install vaeserve and its pinned dependencies from /wheels (no index, no network)
 # into the venv /opt/vaeserve, with pip run from its wheel so no pip stays behind, then drop
 # the test suites that packages ship.
 set -eu
