@@ -16,19 +16,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-import yaml
-from referencing import Registry, Resource
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_HINT = "install the test tools: pip install -c constraints.txt -e '.[deploy-test]'"
 
-try:
+try:  # the deploy-test extra; without it every test here fails, saying how to install it
+    import jsonschema
     import kubernetes_validate
+    import yaml
     from kubernetes_validate import utils as kv_utils
-except ImportError:  # reported by require_validator, as a failure
-    kubernetes_validate = None
+    from referencing import Registry, Resource
+except ImportError:
+    kubernetes_validate = kv_utils = None
 
 
 def require_validator() -> None:
@@ -48,6 +48,7 @@ def kubectl() -> str:
 
 def render(directory: Path) -> list[dict[str, Any]]:
     """`kubectl kustomize DIR` (offline), as a list of objects."""
+    require_validator()
     result = subprocess.run(
         [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=60
     )
