@@ -28,6 +28,7 @@ from vaeserve.server.grpc_server import (
 from vaeserve.server.health import NOT_SERVING, SERVING, ModelHealth
 from vaeserve.server.layers import StreamLimitLayer, builtin_layers
 from vaeserve.server.metrics import Metrics, MetricsEndpoint
+from vaeserve.server.probe_port import ProbePort
 from vaeserve.server.repository import ModelRepository, ScanResult
 from vaeserve.server.security import SecurityError, check_files, server_credentials
 from vaeserve.server.sessions import SessionFactory
@@ -54,6 +55,7 @@ class ServerApp:
         )
         self.dataplane = DataPlane(self.repository, settings, self.metrics, self.is_ready)
         self.health = ModelHealth(model_services(settings))
+        self.probe_port = ProbePort(settings, self.health)  # health_port: plaintext, health only
         self.server: grpc.aio.Server | None = None
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.stream_limit = StreamLimitLayer(settings.max_streams, STREAM_METHODS, self.metrics)
@@ -96,12 +98,14 @@ class ServerApp:
                 raise ServerStartError(str(exc)) from exc
         await self.server.start()
         try:
+            await self.probe_port.start()
             result = await loop.run_in_executor(
                 self.loader_pool, functools.partial(self.repository.scan, strict=True)
             )
             await self._apply_scan(result)
         except BaseException:
             await self.server.stop(0)
+            await self.probe_port.stop()
             self._stop_metrics()
             raise
         self.started = True
@@ -197,6 +201,7 @@ class ServerApp:
         if self.server is not None:
             log.info("stopping: in-flight calls get up to %.1fs", grace)
             await self.server.stop(grace)
+        await self.probe_port.stop()
         self.release()
         log.info("stopped")
 

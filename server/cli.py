@@ -22,6 +22,7 @@ import click
 from vaeserve.server.background import start_server
 from vaeserve.server.errors import ServerStartError
 from vaeserve.server.logs import configure_logging
+from vaeserve.server.probe_port import ProbePortError
 from vaeserve.server.repository import LoadError
 from vaeserve.server.sessions import DeviceError
 from vaeserve.server.settings import (
@@ -107,7 +108,7 @@ def main(config: Path | None, print_config: bool, **flags: Any) -> None:
     signal.signal(signal.SIGINT, on_signal)
     try:
         server = start_server(settings)
-    except (DeviceError, ServerStartError, LoadError) as exc:
+    except (DeviceError, ServerStartError, LoadError, ProbePortError) as exc:
         click.echo(f"vae-server: error: {exc}", err=True)
         sys.exit(2)
     metrics = f"; metrics on :{server.metrics_port}/metrics" if server.metrics_port else ""

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from vaeserve.server.cuda_libs import preload_cuda_libraries
 from vaeserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class SessionFactory:
             quiet = self.requested == "auto"
             ok = False
             if CUDA in ort.get_available_providers():
+                preload_cuda_libraries()
                 if quiet:  # auto on a CPU-only machine: the fallback is expected, not an error
                     ort.set_default_logger_severity(4)
                 try:

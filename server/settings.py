@@ -74,6 +74,11 @@ HELP: dict[str, str] = {
     ),
     "metrics_port": "port of the Prometheus /metrics HTTP endpoint; 0: no endpoint",
     "metrics_host": "address the metrics endpoint listens on; empty: the same as host",
+    "health_port": (
+        "port of a plaintext listener that serves only grpc.health.v1, for probes that cannot "
+        "speak TLS (Kubernetes gRPC probes); 0: none"
+    ),
+    "health_host": "address the health-only port listens on; empty: the same as host",
     "log_format": "text: human-readable lines; json: one JSON object per line",
     "access_log": "log one line per call and per stream (rpc, model, code, rows, time, id)",
     "log_level": "logging level",
@@ -119,6 +124,8 @@ class ServerSettings:
     max_stream_inflight_rows: int = 65536
     metrics_port: int = 0
     metrics_host: str = ""
+    health_port: int = 0
+    health_host: str = ""
     log_format: LogFormat = "text"
     access_log: bool = True
     log_level: LogLevel = "INFO"
@@ -163,6 +170,11 @@ class ServerSettings:
         need(self.max_stream_inflight_rows >= 0, "max_stream_inflight_rows must be >= 0")
         need(
             0 <= self.metrics_port <= 65535, f"metrics_port {self.metrics_port} is not in 0..65535"
+        )
+        need(0 <= self.health_port <= 65535, f"health_port {self.health_port} is not in 0..65535")
+        need(
+            self.health_port == 0 or self.health_port not in (self.port, self.metrics_port),
+            f"health_port {self.health_port} is also port or metrics_port; give it its own",
         )
 
     @property
