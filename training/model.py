@@ -82,6 +82,11 @@ class VAE(nn.Module):
         """-log p(x_j | decoder output) per row and feature [n, D] in nats, for raw x; the
         features are independent given z, so a row's recon_nll is the sum over j."""
         if self.likelihood == "bernoulli":
+            if torch.onnx.is_in_onnx_export():
+                # the exporter lowers BCE-with-logits through log(sigmoid), which is -inf
+                # beyond |logit| ~ 88 in float32; softplus(out) - x * out is the same NLL,
+                # stable. Training keeps torch's kernel, so its arithmetic is unchanged.
+                return nn.functional.softplus(out) - x * out
             return nn.functional.binary_cross_entropy_with_logits(out, x, reduction="none")
         logvar = self.recon_logvar.clamp(min=self.recon_logvar_min)
         xs = (x - self.mean) / self.scale
