@@ -10,8 +10,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Gaussian:
-    """N(mean, cov) with cov = cov_means + diag(posterior_var); float64. Leading axes, when
-    present, index a batch of Gaussians ([..., L] and [..., L, L])."""
+    """N(mean, cov) in float64; leading axes, when present, index a batch of Gaussians
+    (mean [..., L], cov [..., L, L])."""
 
     mean: np.ndarray
     cov: np.ndarray

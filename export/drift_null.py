@@ -1,15 +1,18 @@
 """The drift reference stored at export: the validation posteriors' moment-matched Gaussian and
 the null distribution of KL(N(window) || N(reference)) per window size (numpy only).
 
-The reference is itself estimated from the n validation rows, so each null replicate fits BOTH
-a reference from n rows and a window from W rows, independently, before taking their KL; a
-null of window noise alone would inflate false alarms when W is comparable to n. Two ways to
-draw those rows (docs/monitoring.md has the reasoning):
+Rows are first clipped against the reference (common.gaussian.clip_posteriors; the reference
+is the fixed point), so no single row dominates a moment match. The reference is itself
+estimated from the n validation rows, so each null replicate fits BOTH a reference from n rows
+and a window from W rows, independently, before taking their KL; a null of window noise alone
+would inflate false alarms when W is comparable to n. Two ways to draw those rows
+(docs/monitoring.md has the reasoning and the measured false-alarm rates):
 
-- "bootstrap": resample the n validation posteriors with replacement (no shape assumption).
-- "parametric": draw posterior means from N(mean, Cov) of the n rows (assumes they are
-  Gaussian) and resample the posterior variances; for few rows per latent dimension, where a
-  resample of the rows has too few distinct ones to vary like a fresh sample.
+- "bootstrap": resample the n clipped validation posteriors (no shape assumption); used with
+  at least BOOTSTRAP_ROWS_PER_DIM rows per latent dimension.
+- "parametric": posterior means from a Gaussian whose covariance is itself drawn from its
+  posterior given the n rows (inverse-Wishart), posterior variances resampled; for fewer rows,
+  where a resample has too few distinct rows to vary like a fresh sample.
 """
 
 from __future__ import annotations
