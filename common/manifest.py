@@ -16,7 +16,7 @@ from vaeserve.common.scores import DEFAULT_SCORE
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
-GRAPH_NAMES = ("encoder", "decoder", "scorer", "iw_scorer")
+GRAPH_NAMES = ("encoder", "decoder", "scorer", "iw_scorer", "explainer")
 
 
 class ManifestError(ValueError):
@@ -63,6 +63,40 @@ class Calibration:
 
 
 @dataclass
+class ExplainSpec:
+    """What the explainer graph's per-feature NLLs are compared with: each feature's mean
+    reconstruction NLL over the validation rows (nats, raw units), so rankings do not depend
+    on the features' units (see docs/monitoring.md)."""
+
+    rows: int
+    baseline_nll: list[float]
+
+
+@dataclass
+class DriftSpec:
+    """The validation split's aggregated posterior as a Gaussian and the null distribution of
+    the drift statistic KL(N(window) || N(reference)) per window size, as quantiles.
+
+    The reference covariance is `cov_means + diag(posterior_var)`, fitted to the rows after
+    clipping them to `clip_radius` of that same Gaussian (see common/gaussian.py:
+    clip_posteriors); `quantiles[i][j]` is the null statistic at probability `levels[j]` for
+    windows of `window_sizes[i]` rows.
+    """
+
+    rows: int
+    mean: list[float]
+    cov_means: list[list[float]]
+    posterior_var: list[float]
+    clip_radius: float
+    null_method: str  # "bootstrap" or "parametric"
+    replicates: int
+    seed: int
+    window_sizes: list[int]
+    levels: list[float]
+    quantiles: list[list[float]]
+
+
+@dataclass
 class Manifest:
     name: str
     version: int
@@ -80,6 +114,9 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
+    # optional: exports before explain/drift monitoring lack them (None)
+    explain: ExplainSpec | None = None
+    drift: DriftSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +135,10 @@ class Manifest:
         d = dict(d)
         d["graphs"] = {k: GraphSpec.from_dict(v) for k, v in d["graphs"].items()}
         d["calibration"] = Calibration(**d["calibration"])
+        if d.get("explain") is not None:
+            d["explain"] = ExplainSpec(**d["explain"])
+        if d.get("drift") is not None:
+            d["drift"] = DriftSpec(**d["drift"])
         return cls(**d)
 
 

@@ -1,4 +1,4 @@
-"""The four ONNX graphs of a model: torch wrappers and their export with a dynamic batch."""
+"""The five ONNX graphs of a model: torch wrappers and their export with a dynamic batch."""
 
 from __future__ import annotations
 
@@ -38,14 +38,26 @@ class DecoderGraph(nn.Module):
 
 
 class ScorerGraph(nn.Module):
-    """x[, cond] -> kl, kl_per_dim, recon_nll, neg_elbo (deterministic, z = mu)."""
+    """x[, cond] -> kl, kl_per_dim, recon_nll, neg_elbo (deterministic, z = mu), then the
+    posterior mu and logvar they came from (for drift monitoring)."""
 
     def __init__(self, vae: VAE) -> None:
         super().__init__()
         self.vae = vae
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
-        return self.vae.score(x, cond)
+        return self.vae.score_with_posterior(x, cond)
+
+
+class ExplainerGraph(nn.Module):
+    """x[, cond] -> recon_nll_per_feature, x_hat (z = mu): why a row scores as it does."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
+        return self.vae.explain(x, cond)
 
 
 class IWScorerGraph(nn.Module):
@@ -71,6 +83,7 @@ class GraphDef:
 
 
 def graph_defs(vae: VAE) -> list[GraphDef]:
+    """Every graph an export writes, with its inputs and outputs (the model-format table)."""
     d, lat, c = vae.input_dim, vae.latent_dim, vae.cond_dim
     cond = [("cond", ["batch", c])] if c else []
     return [
@@ -92,6 +105,8 @@ def graph_defs(vae: VAE) -> list[GraphDef]:
                 ("kl_per_dim", ["batch", lat]),
                 ("recon_nll", ["batch"]),
                 ("neg_elbo", ["batch"]),
+                ("mu", ["batch", lat]),
+                ("logvar", ["batch", lat]),
             ],
         ),
         GraphDef(
@@ -99,6 +114,12 @@ def graph_defs(vae: VAE) -> list[GraphDef]:
             IWScorerGraph,
             [("x", ["batch", d]), ("noise", ["K", "batch", lat]), *cond],
             [("iw_nll", ["batch"])],
+        ),
+        GraphDef(
+            "explainer",
+            ExplainerGraph,
+            [("x", ["batch", d]), *cond],
+            [("recon_nll_per_feature", ["batch", d]), ("x_hat", ["batch", d])],
         ),
     ]
 

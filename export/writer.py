@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -24,8 +25,10 @@ from vaeserve.common.manifest import (
     list_versions,
     sha256_file,
 )
+from vaeserve.export.drift_null import REPLICATES, SEED
 from vaeserve.export.graphs import export_graph, graph_defs
 from vaeserve.export.parity import check_parity
+from vaeserve.export.references import drift_spec, explain_spec
 from vaeserve.training.loop import load_model
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -38,6 +41,7 @@ class ExportResult:
     version: int
     parity: dict[str, dict[str, float]]
     manifest: Manifest
+    drift_seconds: float = 0.0  # time spent building the drift null
 
 
 def _package_version(name: str) -> str:
@@ -61,9 +65,14 @@ def export_model(
     name: str,
     opset: int = DEFAULT_OPSET,
     tolerance: float = 1e-4,
+    drift_replicates: int = REPLICATES,
+    drift_seed: int = SEED,
+    drift_null: str = "auto",
 ) -> ExportResult:
     """Export RUN_DIR/model.pt to REPO/NAME/<next version>/ after onnx.checker and parity
-    checks; the directory appears atomically, so a server polling REPO never sees half of it."""
+    checks; the directory appears atomically, so a server polling REPO never sees half of it.
+    The manifest also records the validation rows' explain baseline and drift reference
+    (drift_null: "auto", "bootstrap" or "parametric"; see docs/monitoring.md)."""
     if not NAME_PATTERN.match(name):
         raise ValueError(f"model name {name!r}: use letters, digits, '_', '.', '-' (max 64)")
     vae, state = load_model(run_dir)
@@ -95,6 +104,11 @@ def export_model(
             {"validation": val_c, "random": rand_c},
             tolerance,
         )
+        t0 = time.perf_counter()
+        drift = drift_spec(
+            vae, val_x, val_c, replicates=drift_replicates, seed=drift_seed, method=drift_null
+        )
+        drift_seconds = time.perf_counter() - t0
         config: dict[str, Any] = state["config"]
         version = (list_versions(model_root) or [0])[-1] + 1
         manifest = Manifest(
@@ -118,6 +132,8 @@ def export_model(
                 "vaeserve": _package_version("vaeserve"),
             },
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            explain=explain_spec(vae, val_x, val_c),
+            drift=drift,
         )
         (staging / "manifest.json").write_text(manifest.to_json() + "\n")
         # claim the version number atomically; a concurrent export takes the next one
@@ -136,4 +152,4 @@ def export_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return ExportResult(target, version, parity, manifest)
+    return ExportResult(target, version, parity, manifest, drift_seconds)

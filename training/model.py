@@ -77,20 +77,33 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Latent codes -> rows in raw feature units (Bernoulli: probabilities)."""
-        out = self.decoder_output(z, cond)
-        if self.likelihood == "bernoulli":
-            return torch.sigmoid(out)
-        return out * self.scale + self.mean
+        return self.output_to_raw(self.decoder_output(z, cond))
 
-    def recon_nll(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """-log p(x | decoder output) per row in nats, for raw x."""
+    def recon_nll_per_feature(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """-log p(x_j | decoder output) per row and feature [n, D] in nats, for raw x; the
+        features are independent given z, so a row's recon_nll is the sum over j."""
         if self.likelihood == "bernoulli":
-            return nn.functional.binary_cross_entropy_with_logits(out, x, reduction="none").sum(1)
+            if torch.onnx.is_in_onnx_export():
+                # the exporter lowers BCE-with-logits through log(sigmoid), which is -inf
+                # beyond |logit| ~ 88 in float32; softplus(out) - x * out is the same NLL,
+                # stable. Training keeps torch's kernel, so its arithmetic is unchanged.
+                return nn.functional.softplus(out) - x * out
+            return nn.functional.binary_cross_entropy_with_logits(out, x, reduction="none")
         logvar = self.recon_logvar.clamp(min=self.recon_logvar_min)
         xs = (x - self.mean) / self.scale
         nll_std = 0.5 * ((xs - out).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI)
         # change of variables from standardised to raw units: + log(scale) per feature
-        return (nll_std + self.scale.log()).sum(1)
+        return nll_std + self.scale.log()
+
+    def recon_nll(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """-log p(x | decoder output) per row in nats, for raw x."""
+        return self.recon_nll_per_feature(x, out).sum(1)
+
+    def output_to_raw(self, out: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> raw feature units (Bernoulli: probabilities)."""
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(out)
+        return out * self.scale + self.mean
 
     def forward(
         self, x: torch.Tensor, eps: torch.Tensor, cond: torch.Tensor | None = None
@@ -105,11 +118,27 @@ class VAE(nn.Module):
         self, x: torch.Tensor, cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Deterministic anomaly scores from the posterior mean: kl, kl_per_dim, recon, neg_elbo."""
+        return self.score_with_posterior(x, cond)[:4]
+
+    def score_with_posterior(
+        self, x: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """`score`'s four outputs followed by the posterior mu and logvar they came from (the
+        drift monitor's input, so serving needs no second encoder call)."""
         mu, logvar = self.encode(x, cond)
         kl_dims = kl_diag_gaussian(mu, logvar)
         kl = kl_dims.sum(1)
         nll = self.recon_nll(x, self.decoder_output(mu, cond))
-        return kl, kl_dims, nll, nll + kl
+        return kl, kl_dims, nll, nll + kl, mu, logvar
+
+    def explain(
+        self, x: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature reconstruction NLL at z = mu [n, D] (nats, raw units; sums to the
+        row's recon_nll) and the reconstruction x_hat [n, D] it was measured against."""
+        mu, _ = self.encode(x, cond)
+        out = self.decoder_output(mu, cond)
+        return self.recon_nll_per_feature(x, out), self.output_to_raw(out)
 
     def iw_nll(
         self, x: torch.Tensor, noise: torch.Tensor, cond: torch.Tensor | None = None

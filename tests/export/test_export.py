@@ -31,7 +31,7 @@ def test_manifest_contents(model_repo: Path, digits_run) -> None:
     m = load_manifest(model_dir)
     assert (m.name, m.version, m.input_dim, m.latent_dim, m.cond_dim) == ("digits", 1, 64, 8, 0)
     assert m.likelihood == "gaussian" and len(m.feature_names) == 64
-    assert set(m.graphs) == {"encoder", "decoder", "scorer", "iw_scorer"}
+    assert set(m.graphs) == {"encoder", "decoder", "scorer", "iw_scorer", "explainer"}
     for spec in m.graphs.values():
         assert spec.sha256 == sha256_file(model_dir / spec.file)
     assert m.training["config"]["latent_dim"] == 8
@@ -57,7 +57,9 @@ def test_graphs_match_pytorch_and_the_kl_formula(model_repo: Path, digits_run) -
         vae.mean.numpy() + 3 * vae.scale.numpy() * rng.standard_normal((77, 64))
     ).astype(np.float32)
     for x in rows.values():
-        kl, kl_dims, nll, nelbo = _session(model_dir, "scorer").run(None, {"x": x})
+        kl, kl_dims, nll, nelbo = _session(model_dir, "scorer").run(
+            ["kl", "kl_per_dim", "recon_nll", "neg_elbo"], {"x": x}
+        )
         with torch.no_grad():
             t_kl, _t_dims, t_nll, _t_nelbo = vae.score(torch.from_numpy(x))
         np.testing.assert_allclose(kl, t_kl.numpy(), rtol=1e-4, atol=1e-4)
