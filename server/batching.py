@@ -61,7 +61,8 @@ class _Item:
 class _Lane:
     """Queue and worker for one key of one graph; the worker runs only while work is queued."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows  # most rows merged into one call of this lane
         self.pending: collections.deque[_Item] = collections.deque()
         self.wakeup = asyncio.Event()
         self.worker: asyncio.Task | None = None
@@ -96,12 +97,17 @@ class DynamicBatcher:
         self._lanes: dict[Hashable, _Lane] = {}
 
     async def run(
-        self, feeds: Mapping[str, np.ndarray], rows: int, key: Hashable = None
+        self,
+        feeds: Mapping[str, np.ndarray],
+        rows: int,
+        key: Hashable = None,
+        max_rows: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Queue one request of `rows` rows; returns this request's slice of the outputs.
 
         Requests with different `key` (e.g. a different number of importance samples) are
-        never merged.
+        never merged. `max_rows` caps the rows merged into one call for this key (below the
+        batcher's own max_rows; every request of a key must give the same cap).
         """
         self.stats.requests += 1
         if rows == 0 and self.empty_outputs:
@@ -109,7 +115,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = _Lane()
+            cap = self.max_rows if max_rows is None else min(self.max_rows, max_rows)
+            lane = self._lanes[key] = _Lane(max(1, cap))
         item = _Item(feeds, rows, loop.create_future())
         # a caller that goes away wakes the worker so it can drop the request at once
         item.future.add_done_callback(lambda _: lane.wakeup.set())
@@ -145,7 +152,7 @@ class DynamicBatcher:
         while True:
             self._drop_cancelled(lane)
             queued = sum(i.rows for i in lane.pending)
-            if not lane.pending or queued >= self.max_rows:
+            if not lane.pending or queued >= lane.max_rows:
                 break
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -159,7 +166,7 @@ class DynamicBatcher:
         rows = 0
         while lane.pending:
             item = lane.pending[0]
-            if batch and rows + item.rows > self.max_rows:
+            if batch and rows + item.rows > lane.max_rows:
                 break
             lane.pending.popleft()
             batch.append(item)
