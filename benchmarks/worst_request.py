@@ -134,7 +134,7 @@ def worst_request(server: ServerProcess, model: str, x: np.ndarray, limits: dict
     try:
         worst = tile(x, limits["max_request_rows"])
         k = limits["max_iw_samples"]
-        _check_answers(client.score([score_message(model, worst[:64])]))
+        _check_answers(client.score([score_message(model, worst[:64], 2)]))  # warm-up, IW too
         time.sleep(1.0)
         before = server.rss_kib()
         started = time.perf_counter()

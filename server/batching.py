@@ -55,6 +55,7 @@ class _Item:
     feeds: Mapping[str, np.ndarray]
     rows: int
     future: asyncio.Future = field(repr=False)
+    release: bool = False  # free the graph's spare memory after the call
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -102,12 +103,14 @@ class DynamicBatcher:
         rows: int,
         key: Hashable = None,
         max_rows: int | None = None,
+        release: bool = False,
     ) -> dict[str, np.ndarray]:
         """Queue one request of `rows` rows; returns this request's slice of the outputs.
 
         Requests with different `key` (e.g. a different number of importance samples) are
         never merged. `max_rows` caps the rows merged into one call for this key (below the
-        batcher's own max_rows; every request of a key must give the same cap).
+        batcher's own max_rows; every request of a key must give the same cap). With
+        `release`, the graph frees its spare memory after the call (the end of a large request).
         """
         self.stats.requests += 1
         if rows == 0 and self.empty_outputs:
@@ -117,7 +120,7 @@ class DynamicBatcher:
         if lane is None:
             cap = self.max_rows if max_rows is None else min(self.max_rows, max_rows)
             lane = self._lanes[key] = _Lane(max(1, cap))
-        item = _Item(feeds, rows, loop.create_future())
+        item = _Item(feeds, rows, loop.create_future(), release=release)
         # a caller that goes away wakes the worker so it can drop the request at once
         item.future.add_done_callback(lambda _: lane.wakeup.set())
         lane.pending.append(item)
@@ -201,12 +204,13 @@ class DynamicBatcher:
         rows = sum(i.rows for i in batch)
         self.stats.rows += rows
         self.stats.max_merged = max(self.stats.max_merged, len(batch))
+        shrink = any(i.release for i in batch)
         started = time.perf_counter()
         try:
             if self._inline(rows, feeds):
-                outputs = self.runner.run(feeds)
+                outputs = self.runner.run(feeds, shrink)
             else:
-                outputs = await loop.run_in_executor(self.executor, self.runner.run, feeds)
+                outputs = await loop.run_in_executor(self.executor, self.runner.run, feeds, shrink)
             if self.observer is not None:
                 try:
                     self.observer(

@@ -14,7 +14,9 @@ Importance sampling runs the decoder on K x n sample rows, so one request within
 limits (4096 rows, K = 256) would be a million-row graph call holding gigabytes. Its rows are
 therefore scored in slices of at most IW_CALL_VALUES / (K x width) rows per graph call (width:
 the model's widest layer), which bounds that call's memory whatever K and n are; each row's
-result does not depend on the slicing.
+result does not depend on the slicing. After a request of IW_RELEASE_SAMPLE_ROWS sample rows
+or more, the graph's onnxruntime arena shrinks and glibc returns its free pages
+(server/memory.py), so the memory is given back, not kept.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ import numpy as np
 from vaeserve.server import validation
 from vaeserve.server.call_context import note_call
 from vaeserve.server.errors import RequestError
+from vaeserve.server.memory import release_memory
 from vaeserve.server.metrics import Metrics
 from vaeserve.server.repository import LoadedModel, ModelRepository
 from vaeserve.server.settings import ServerSettings
 
 IW_CALL_VALUES = 1 << 22  # sample rows x layer width of one importance-sampling graph call
+IW_RELEASE_SAMPLE_ROWS = 1 << 16  # after a request of this many sample rows, free memory
 _DRAW_SLAB = 1 << 20  # float64 draws made at once (8 MB), cast into the float32 result
 
 
@@ -228,12 +232,17 @@ class DataPlane:
         shape = (k, n, model.manifest.latent_dim)
         noise = await asyncio.get_running_loop().run_in_executor(None, draw_normal, seed, shape)
         step = iw_rows_per_call(model, k)
+        large = k * n >= IW_RELEASE_SAMPLE_ROWS
         parts = []
         for start in range(0, n, step):
             part = slice(start, min(n, start + step))
             inputs = feeds("x", x[part], cond[part] if cond is not None else None)
             inputs["noise"] = noise[:, part]
-            rows = part.stop - part.start
-            out = await batcher.run(inputs, rows, key=k, max_rows=step)
+            last = part.stop == n
+            rows = part.stop - start
+            out = await batcher.run(inputs, rows, k, step, release=large and last)
             parts.append(out["iw_nll"])
+        del noise
+        if large:  # the graph's arena shrank after the last slice; now glibc's free pages
+            await asyncio.get_running_loop().run_in_executor(None, release_memory)
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
