@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import functools
 import logging
 import time
 from collections.abc import Hashable, Mapping, Sequence
@@ -204,13 +205,15 @@ class DynamicBatcher:
         rows = sum(i.rows for i in batch)
         self.stats.rows += rows
         self.stats.max_merged = max(self.stats.max_merged, len(batch))
-        shrink = any(i.release for i in batch)
+        run = self.runner.run
+        if any(i.release for i in batch):
+            run = functools.partial(self.runner.run, shrink=True)
         started = time.perf_counter()
         try:
             if self._inline(rows, feeds):
-                outputs = self.runner.run(feeds, shrink)
+                outputs = run(feeds)
             else:
-                outputs = await loop.run_in_executor(self.executor, self.runner.run, feeds, shrink)
+                outputs = await loop.run_in_executor(self.executor, run, feeds)
             if self.observer is not None:
                 try:
                     self.observer(
