@@ -238,10 +238,10 @@ class DataPlane:
             part = slice(start, min(n, start + step))
             inputs = feeds("x", x[part], cond[part] if cond is not None else None)
             inputs["noise"] = noise[:, part]
-            last = part.stop == n
-            rows = part.stop - start
-            out = await batcher.run(inputs, rows, k, step, release=large and last)
+            release = large and part.stop == n
+            out = await batcher.run(inputs, part.stop - start, k, step, release=release)
             parts.append(out["iw_nll"])
+            del inputs, out  # the last slice's view must not keep the noise alive
         del noise
         if large:  # the graph's arena shrank after the last slice; now glibc's free pages
             await asyncio.get_running_loop().run_in_executor(None, release_memory)
