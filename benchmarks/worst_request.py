@@ -211,15 +211,16 @@ def four_streams(
 def throughput(
     servers: dict[str, ServerProcess], model: str, x: np.ndarray, batches: int, repeats: int
 ) -> dict[str, Any]:
-    """Score stream rows/s at 1024-row batches on each server, runs interleaved."""
+    """Score stream rows/s at 1024-row batches on each server, runs interleaved (ABBA)."""
     msgs = [score_message(model, tile(x, 1024)) for _ in range(batches)]
     clients = {name: Client(s.target) for name, s in servers.items()}
     runs: dict[str, list[float]] = {name: [] for name in servers}
     try:
         for c in clients.values():  # warm up
             c.score(msgs[:4])
-        for _ in range(repeats):
-            for name, c in clients.items():
+        for i in range(repeats):
+            order = list(clients.items())
+            for name, c in order if i % 2 == 0 else order[::-1]:  # ABBA: drift cancels out
                 t0 = time.perf_counter()
                 _check_answers(c.score(msgs))
                 runs[name].append(batches * 1024 / (time.perf_counter() - t0))
@@ -282,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-current", action="store_true", help="measure only the baseline")
     parser.add_argument("--batches", type=int, default=100, help="1024-row batches per run")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--output", type=Path, default=RESULTS / "worst_request.json")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
