@@ -109,6 +109,16 @@ class ServerProcess:
         """VmHWM: peak resident memory so far."""
         return status_kib(self.proc.pid, "VmHWM")
 
+    def reset_hwm(self) -> bool:
+        """Reset VmHWM to the current RSS (Linux: clear_refs 5), so the next peak is the
+        next measurement's own; False where the kernel does not allow it."""
+        try:
+            with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
     def alive(self) -> bool:
         """Whether the process is still running."""
         return self.proc.poll() is None

@@ -2,8 +2,9 @@
 
 One Score message of `max_request_rows` rows (4096) with `max_iw_samples` importance samples
 (256) is sent to a `vae-server` subprocess; the server's resident memory is read from
-/proc/PID/status before (VmRSS), at its peak (VmHWM) and 3 s after the answer (VmRSS). Then
-four streams send two such messages each while a separate channel times grpc.health.v1 checks.
+/proc/PID/status before (VmRSS), at its peak (VmHWM, reset before each measurement) and 3 s
+after the answer (VmRSS). Then four streams send two such messages each while a separate
+channel times grpc.health.v1 checks.
 With `--baseline REV` the same is measured on an older commit's server (see
 benchmarks/server_proc.py) in the same run, and Score stream throughput at 1024-row batches
 (no importance sampling) is compared between the two, interleaved, median of `--repeats`.
@@ -137,6 +138,7 @@ def worst_request(server: ServerProcess, model: str, x: np.ndarray, limits: dict
         _check_answers(client.score([score_message(model, worst[:64], 2)]))  # warm-up, IW too
         time.sleep(1.0)
         before = server.rss_kib()
+        server.reset_hwm()
         started = time.perf_counter()
         _check_answers(client.score([score_message(model, worst, k)]))
         seconds = time.perf_counter() - started
@@ -184,6 +186,7 @@ def four_streams(
         except Exception as exc:
             errors.append(str(exc))
 
+    server.reset_hwm()
     prober = threading.Thread(target=probe)
     prober.start()
     workers = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
