@@ -110,9 +110,12 @@ class ServerApp:
             raise
         self.started = True
         self.metrics.ready.set(1)
-        await self.health.set_services(SERVING)
+        await self._publish_serving()
         if not self.repository.snapshot():
-            log.warning("no model in %s yet; serving anyway and polling for one", s.model_repo)
+            log.warning(
+                "no model in %s yet; health says NOT_SERVING until one loads (polling for one)",
+                s.model_repo,
+            )
         self._log_started(device, time.perf_counter() - t_start)
         if s.poll_interval_s > 0:
             self._poll_task = asyncio.create_task(self._poll(), name="repo-poll")
@@ -159,7 +162,7 @@ class ServerApp:
             device,
             ", ".join(providers) or "none yet",
             f"on :{self.metrics_port}/metrics" if self.metrics_endpoint else "off",
-            self.repository.describe(),
+            self.repository.describe(where=True),
         )
 
     async def rescan(self) -> ScanResult:
@@ -179,6 +182,13 @@ class ServerApp:
         for name, version in result.removed:
             self.metrics.model_unloaded(name, version)
         await self.health.apply(result, models)
+        if self.is_ready():
+            await self._publish_serving()
+
+    async def _publish_serving(self) -> None:
+        """The server's and its services' health: SERVING while at least one model is loaded
+        (with none, every inference call would answer NOT_FOUND), else NOT_SERVING."""
+        await self.health.set_services(SERVING if self.repository.snapshot() else NOT_SERVING)
 
     async def _poll(self) -> None:
         while True:

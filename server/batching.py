@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import functools
 import logging
 import time
 from collections.abc import Hashable, Mapping, Sequence
@@ -55,13 +56,15 @@ class _Item:
     feeds: Mapping[str, np.ndarray]
     rows: int
     future: asyncio.Future = field(repr=False)
+    release: bool = False  # free the graph's spare memory after the call
     queued_at: float = field(default_factory=time.perf_counter)
 
 
 class _Lane:
     """Queue and worker for one key of one graph; the worker runs only while work is queued."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows  # most rows merged into one call of this lane
         self.pending: collections.deque[_Item] = collections.deque()
         self.wakeup = asyncio.Event()
         self.worker: asyncio.Task | None = None
@@ -96,12 +99,19 @@ class DynamicBatcher:
         self._lanes: dict[Hashable, _Lane] = {}
 
     async def run(
-        self, feeds: Mapping[str, np.ndarray], rows: int, key: Hashable = None
+        self,
+        feeds: Mapping[str, np.ndarray],
+        rows: int,
+        key: Hashable = None,
+        max_rows: int | None = None,
+        release: bool = False,
     ) -> dict[str, np.ndarray]:
         """Queue one request of `rows` rows; returns this request's slice of the outputs.
 
         Requests with different `key` (e.g. a different number of importance samples) are
-        never merged.
+        never merged. `max_rows` caps the rows merged into one call for this key (below the
+        batcher's own max_rows; every request of a key must give the same cap). With
+        `release`, the graph frees its spare memory after the call (the end of a large request).
         """
         self.stats.requests += 1
         if rows == 0 and self.empty_outputs:
@@ -109,8 +119,9 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = _Lane()
-        item = _Item(feeds, rows, loop.create_future())
+            cap = self.max_rows if max_rows is None else min(self.max_rows, max_rows)
+            lane = self._lanes[key] = _Lane(max(1, cap))
+        item = _Item(feeds, rows, loop.create_future(), release=release)
         # a caller that goes away wakes the worker so it can drop the request at once
         item.future.add_done_callback(lambda _: lane.wakeup.set())
         lane.pending.append(item)
@@ -145,7 +156,7 @@ class DynamicBatcher:
         while True:
             self._drop_cancelled(lane)
             queued = sum(i.rows for i in lane.pending)
-            if not lane.pending or queued >= self.max_rows:
+            if not lane.pending or queued >= lane.max_rows:
                 break
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -159,7 +170,7 @@ class DynamicBatcher:
         rows = 0
         while lane.pending:
             item = lane.pending[0]
-            if batch and rows + item.rows > self.max_rows:
+            if batch and rows + item.rows > lane.max_rows:
                 break
             lane.pending.popleft()
             batch.append(item)
@@ -194,12 +205,15 @@ class DynamicBatcher:
         rows = sum(i.rows for i in batch)
         self.stats.rows += rows
         self.stats.max_merged = max(self.stats.max_merged, len(batch))
+        run = self.runner.run
+        if any(i.release for i in batch):
+            run = functools.partial(self.runner.run, shrink=True)
         started = time.perf_counter()
         try:
             if self._inline(rows, feeds):
-                outputs = self.runner.run(feeds)
+                outputs = run(feeds)
             else:
-                outputs = await loop.run_in_executor(self.executor, self.runner.run, feeds)
+                outputs = await loop.run_in_executor(self.executor, run, feeds)
             if self.observer is not None:
                 try:
                     self.observer(

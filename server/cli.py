@@ -115,7 +115,7 @@ def main(config: Path | None, print_config: bool, **flags: Any) -> None:
     click.echo(
         f"vae-server listening on {server.address} "
         f"(device {server.device}; providers {', '.join(server.providers) or 'none yet'}"
-        f"{metrics}); models: {server.app.repository.describe()}",
+        f"{metrics}); models: {server.app.repository.describe(where=True)}",
     )
     sys.stdout.flush()
     while not stop.wait(0.5):

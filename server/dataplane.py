@@ -9,6 +9,14 @@ reproduce them:
   encode (sample):      eps = standard_normal((n, latent_dim)); z = mu + exp(logvar / 2) * eps
   sample:               z = standard_normal((n, latent_dim))
   score (iw_samples=K): noise = standard_normal((K, n, latent_dim))
+
+Importance sampling runs the decoder on K x n sample rows, so one request within the default
+limits (4096 rows, K = 256) would be a million-row graph call holding gigabytes. Its rows are
+therefore scored in slices of at most IW_CALL_VALUES / (K x width) rows per graph call (width:
+the model's widest layer), which bounds that call's memory whatever K and n are; each row's
+result does not depend on the slicing. After a request of IW_RELEASE_SAMPLE_ROWS sample rows
+or more, the graph's onnxruntime arena shrinks and glibc returns its free pages
+(server/memory.py), so the memory is given back, not kept.
 """
 
 from __future__ import annotations
@@ -23,15 +31,44 @@ import numpy as np
 from vaeserve.server import validation
 from vaeserve.server.call_context import note_call
 from vaeserve.server.errors import RequestError
+from vaeserve.server.memory import release_memory
 from vaeserve.server.metrics import Metrics
 from vaeserve.server.repository import LoadedModel, ModelRepository
 from vaeserve.server.settings import ServerSettings
 
+IW_CALL_VALUES = 1 << 22  # sample rows x layer width of one importance-sampling graph call
+IW_RELEASE_SAMPLE_ROWS = 1 << 16  # after a request of this many sample rows, free memory
+_DRAW_SLAB = 1 << 20  # float64 draws made at once (8 MB), cast into the float32 result
+
 
 def draw_normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Standard normal float32 draws from Generator(PCG64(seed)) (float64 draws, cast)."""
+    """Standard normal float32 draws from Generator(PCG64(seed)) (float64 draws, cast).
+
+    Drawn in slabs, which gives the same numbers as one call without a float64 copy of the
+    whole array.
+    """
     rng = np.random.Generator(np.random.PCG64(seed))
-    return rng.standard_normal(shape).astype(np.float32)
+    out = np.empty(shape, np.float32)
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, _DRAW_SLAB):
+        flat[start : start + _DRAW_SLAB] = rng.standard_normal(min(_DRAW_SLAB, flat.size - start))
+    return out
+
+
+def model_width(model: LoadedModel) -> int:
+    """The widest layer of a model: its features or its largest hidden layer (1024 when the
+    manifest does not say)."""
+    m = model.manifest
+    config = m.training.get("config") if isinstance(m.training, dict) else None
+    hidden = config.get("hidden") if isinstance(config, dict) else None
+    if isinstance(hidden, list) and hidden and all(isinstance(h, int) for h in hidden):
+        return max(m.input_dim, m.latent_dim, *hidden)
+    return max(m.input_dim, m.latent_dim, 1024)
+
+
+def iw_rows_per_call(model: LoadedModel, k: int) -> int:
+    """Rows of one importance-sampling graph call with k samples per row (at least 1)."""
+    return max(1, IW_CALL_VALUES // (max(1, k) * model_width(model)))
 
 
 def feeds(x_name: str, x: np.ndarray, cond: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -163,11 +200,9 @@ class DataPlane:
         n = x.shape[0]
         score, threshold = self.flag_settings(model, score, threshold)
         k = validation.check_iw_samples(int(iw_samples), self.settings.max_iw_samples)
-        inputs = feeds("x", x, cond)
-        jobs = [model.batcher("scorer").run(inputs, n)]
+        jobs = [model.batcher("scorer").run(feeds("x", x, cond), n)]
         if k > 0:
-            noise = draw_normal(seed, (k, n, model.manifest.latent_dim))
-            jobs.append(model.batcher("iw_scorer").run({**inputs, "noise": noise}, n, key=k))
+            jobs.append(self._iw_nll(model, x, cond, k, seed))
         outs = await asyncio.gather(*jobs)
         out = outs[0]
         flag_scores = np.asarray(out[score])
@@ -184,5 +219,30 @@ class DataPlane:
             is_anomaly=flags,
             score=score,
             threshold=threshold,
-            iw_nll=outs[1]["iw_nll"] if k > 0 else None,
+            iw_nll=outs[1] if k > 0 else None,
         )
+
+    async def _iw_nll(
+        self, model: LoadedModel, x: np.ndarray, cond: np.ndarray | None, k: int, seed: int
+    ) -> np.ndarray:
+        """The importance-weighted NLL of each row from k samples, in slices of rows that
+        bound each graph call's memory (see the module docstring)."""
+        batcher = model.batcher("iw_scorer")
+        n = x.shape[0]
+        shape = (k, n, model.manifest.latent_dim)
+        noise = await asyncio.get_running_loop().run_in_executor(None, draw_normal, seed, shape)
+        step = iw_rows_per_call(model, k)
+        large = k * n >= IW_RELEASE_SAMPLE_ROWS
+        parts = []
+        for start in range(0, n, step):
+            part = slice(start, min(n, start + step))
+            inputs = feeds("x", x[part], cond[part] if cond is not None else None)
+            inputs["noise"] = noise[:, part]
+            release = large and part.stop == n
+            out = await batcher.run(inputs, part.stop - start, k, step, release=release)
+            parts.append(out["iw_nll"])
+            del inputs, out  # the last slice's view must not keep the noise alive
+        del noise
+        if large:  # the graph's arena shrank after the last slice; now glibc's free pages
+            await asyncio.get_running_loop().run_in_executor(None, release_memory)
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)

@@ -15,6 +15,7 @@ from vaeserve.proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server import kserve
 from vaeserve.server.errors import ServerStartError
 from vaeserve.server.interception import Layer, LayeredInterceptor
+from vaeserve.server.messages import MessageGuard, receive_cap
 from vaeserve.server.servicer import VaeServicer
 from vaeserve.server.settings import ServerSettings
 
@@ -42,9 +43,13 @@ def model_services(settings: ServerSettings) -> list[str]:
 
 
 def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
-    """Channel options: message size limits and no port sharing (a busy port is an error)."""
+    """Channel options: message size limits and no port sharing (a busy port is an error).
+
+    grpc's receive limit is above max_message_bytes so that the MessageGuard sees (and names
+    the setting for) requests over the setting up to that cap; see server/messages.py.
+    """
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", receive_cap(settings.max_message_bytes)),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
@@ -59,7 +64,10 @@ def build_server(
     """
     s = app.settings
     server = grpc.aio.server(
-        interceptors=[LayeredInterceptor(layers), *app.interceptors],
+        interceptors=[
+            LayeredInterceptor(layers, MessageGuard(s.max_message_bytes, app.metrics)),
+            *app.interceptors,
+        ],
         options=grpc_options(s),
     )
     vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(app.dataplane), server)

@@ -33,7 +33,7 @@ from vaeserve.proto.inference import grpc_service_pb2 as pb
 from vaeserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from vaeserve.server.call_context import note_call
 from vaeserve.server.dataplane import DataPlane
-from vaeserve.server.errors import RequestError
+from vaeserve.server.errors import RequestError, echo
 from vaeserve.server.kserve_codec import (
     add_output,
     declared_rows,
@@ -78,8 +78,11 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        """True once every model found at start is warm, until shutdown begins."""
-        return pb.ServerReadyResponse(ready=self.dataplane.is_ready())
+        """True once every model found at start is warm, until shutdown begins, while at least
+        one model is loaded (as grpc.health.v1's overall status)."""
+        return pb.ServerReadyResponse(
+            ready=self.dataplane.is_ready() and bool(self.dataplane.models())
+        )
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
@@ -121,8 +124,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         """One request, one response; errors are the call's status."""
-        note_call(rows=declared_rows(request))
-        return await self._infer(request, self.target(request.model_name, request.model_version))
+        target = self.target(request.model_name, request.model_version)
+        resp, _ = await self._infer(request, target)
+        return resp
 
     async def ModelStreamInfer(
         self,
@@ -148,15 +152,17 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             self.dataplane.check_ready()
             target = self.target(req.model_name, req.model_version)
-            resp = await self._infer(req, target)
+            resp, rows = await self._infer(req, target)
         except Exception as exc:
-            answer = self._stream_error(req, request_error(exc, "inference", f"request {req.id!r}"))
+            answer = self._stream_error(
+                req, request_error(exc, "inference", f"request {echo(req.id)}")
+            )
             answer.model = target.name if target is not None else ""
             return answer
         return Answer(
             pb.ModelStreamInferResponse(infer_response=resp),
             model=resp.model_name,
-            rows=declared_rows(req),
+            rows=rows,
         )
 
     def _stream_error(
@@ -171,13 +177,16 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 ),
             ),
             code=exc.code,
-            rows=declared_rows(req),
         )
 
-    async def _infer(self, req: pb.ModelInferRequest, t: Target) -> pb.ModelInferResponse:
+    async def _infer(
+        self, req: pb.ModelInferRequest, t: Target
+    ) -> tuple[pb.ModelInferResponse, int]:
+        """The response to one request and its (validated) row count."""
         note_call(model=t.name)
         model = t.model
         rows, cond = read_inputs(req, t, self.dataplane.settings.max_request_rows)
+        note_call(rows=rows.shape[0])  # rows that passed validation, never a declared shape
         resp_params: dict[str, pb.InferParameter] = {}
         results: dict[str, np.ndarray]
         if t.graph == "scorer":
@@ -208,4 +217,4 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         for name in names:
             add_output(resp, name, np.asarray(results[name]), raw)
-        return resp
+        return resp, rows.shape[0]

@@ -14,7 +14,7 @@ import numpy as np
 
 from vaeserve.proto.inference import grpc_service_pb2 as pb
 from vaeserve.server import validation
-from vaeserve.server.errors import RequestError
+from vaeserve.server.errors import RequestError, echo, echo_shape
 from vaeserve.server.kserve_models import Target
 from vaeserve.server.validation import MatrixSpec
 
@@ -71,23 +71,24 @@ def _read_arrays(req: pb.ModelInferRequest, t: Target, max_rows: int) -> dict[st
     out: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(req.inputs):
         if tensor.name in seen:
-            raise RequestError.invalid(f"input {tensor.name!r} is given twice")
+            raise RequestError.invalid(f"input {echo(tensor.name)} is given twice")
         seen.add(tensor.name)
         if tensor.name not in specs:
             raise RequestError.invalid(
-                f"model {t.name!r} has no input {tensor.name!r}; its inputs: {', '.join(specs)}"
+                f"model {echo(t.name)} has no input {echo(tensor.name)}; its inputs: "
+                f"{', '.join(specs)}"
             )
         if raw and tensor.HasField("contents"):
             raise RequestError.invalid(
-                f"input {tensor.name!r} has typed contents but the request uses "
+                f"input {echo(tensor.name)} has typed contents but the request uses "
                 "raw_input_contents; use one or the other for all inputs"
             )
         if tensor.datatype not in INPUT_DATATYPES:
             raise RequestError.invalid(
-                f"input {tensor.name!r}: datatype {tensor.datatype!r} is not accepted; send "
-                "FP32 (FP64, FP16, INT64 and INT32 are converted to float32)"
+                f"input {echo(tensor.name)}: datatype {echo(tensor.datatype)} is not accepted; "
+                "send FP32 (FP64, FP16, INT64 and INT32 are converted to float32)"
             )
-        what = f"input {tensor.name!r}"
+        what = f"input {echo(tensor.name)}"
         validation.check_shape(tensor.shape, _INPUT_SPECS[tensor.name](t.model, max_rows, what))
         a = decode_tensor(tensor, raw[i] if raw else None, what)
         out[tensor.name] = validation.finite_float32(a, what)
@@ -110,7 +111,7 @@ def decode_tensor(
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise RequestError.invalid(
-                f"{what}: {len(raw)} bytes do not match shape {list(shape)} of "
+                f"{what}: {len(raw)} bytes do not match shape {echo_shape(shape)} of "
                 f"{tensor.datatype} ({count * dtype.itemsize} bytes expected)"
             )
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
@@ -121,7 +122,7 @@ def decode_tensor(
     values = getattr(tensor.contents, field)
     if len(values) != count:
         raise RequestError.invalid(
-            f"{what}: contents.{field} holds {len(values)} values but shape {list(shape)} "
+            f"{what}: contents.{field} holds {len(values)} values but shape {echo_shape(shape)} "
             f"needs {count}"
         )
     return np.asarray(values, dtype=dtype).reshape(shape)
@@ -186,7 +187,8 @@ def requested_outputs(
                     "output 'iw_nll' needs the request parameter iw_samples > 0"
                 )
             raise RequestError.invalid(
-                f"model {t.name!r} has no output {o.name!r}; its outputs: {', '.join(known)}"
+                f"model {echo(t.name)} has no output {echo(o.name)}; its outputs: "
+                f"{', '.join(known)}"
             )
         if o.name not in names:
             names.append(o.name)

@@ -3,25 +3,28 @@ NAME.decoder, with the inputs and outputs ModelMetadata lists for them."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from vaeserve.proto.inference import grpc_service_pb2 as pb
 from vaeserve.server.dataplane import DataPlane
-from vaeserve.server.errors import RequestError
+from vaeserve.server.errors import RequestError, echo
 from vaeserve.server.repository import LoadedModel
 
 GRAPH_SUFFIXES = ("scorer", "encoder", "decoder")
+MAX_VERSION_DIGITS = 18  # any int64 version fits; str.isdigit would also take "²" or "١"
+_VERSION = re.compile(rf"[0-9]{{1,{MAX_VERSION_DIGITS}}}")
 
 
 def parse_version(text: str) -> int:
-    """model_version "" -> 0 (newest), "3" -> 3; anything else is INVALID_ARGUMENT."""
-    text = text.strip()
+    """model_version "" -> 0 (newest), "3" -> 3; anything but ASCII digits (at most
+    MAX_VERSION_DIGITS of them) is INVALID_ARGUMENT."""
     if not text:
         return 0
-    if not text.isdigit():
+    if not _VERSION.fullmatch(text):
         raise RequestError.invalid(
-            f'model_version {text!r} is not a version number; send e.g. "1", or "" for '
-            "the newest version"
+            f"model_version {echo(text)} is not a version number: send ASCII digits 0-9 "
+            f'(at most {MAX_VERSION_DIGITS}), e.g. "1", or "" for the newest version'
         )
     return int(text)
 
@@ -94,7 +97,7 @@ def resolve_target(dataplane: DataPlane, name: str, version: str) -> Target:
             base, graph = head, tail
     if name and base not in models:
         loaded = ", ".join(f"{n}, {n}.encoder, {n}.decoder" for n in models) or "none"
-        raise RequestError.not_found(f"model {name!r} is not loaded; models: {loaded}")
+        raise RequestError.not_found(f"model {echo(name)} is not loaded; models: {loaded}")
     model = dataplane.model(base, v)
     if graph != "scorer":
         model.batcher(graph)  # FAILED_PRECONDITION when the export lacks it

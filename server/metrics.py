@@ -58,7 +58,8 @@ class Metrics:
         )
         self.rows = counter(
             "vaeserve_rows",
-            "Rows received, by RPC, model and status code of their call or stream message",
+            "Rows that passed validation, by RPC, model and status code of their call or stream "
+            "message (a rejected request adds none, whatever shape it declared)",
             CALL_LABELS,
         )
         self.latency = histogram(

@@ -8,7 +8,9 @@ so a version that is replaced or removed finishes the calls already using it.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +32,7 @@ from vaeserve.common.manifest import (
 )
 from vaeserve.common.scores import SCORE_NAMES
 from vaeserve.server.batching import BatchObserver, DynamicBatcher
-from vaeserve.server.errors import RequestError
+from vaeserve.server.errors import RequestError, echo
 from vaeserve.server.sessions import DeviceError, GraphRunner, SessionFactory
 from vaeserve.server.settings import ServerSettings
 
@@ -179,14 +181,14 @@ class ModelRepository:
         versions = models.get(name)
         if not versions:
             raise RequestError.not_found(
-                f"model {name!r} is not loaded; loaded models: {self.describe()}"
+                f"model {echo(name)} is not loaded; loaded models: {self.describe()}"
             )
         if version == 0:
             return versions[max(versions)]
         model = versions.get(version)
         if model is None:
             raise RequestError.not_found(
-                f"model {name!r} has no version {version}; loaded versions: "
+                f"model {echo(name)} has no version {version}; loaded versions: "
                 f"{', '.join(map(str, sorted(versions)))} (or 0 for the newest)"
             )
         return model
@@ -204,13 +206,16 @@ class ModelRepository:
             out.extend(p for p in m.providers if p not in out)
         return out
 
-    def describe(self) -> str:
-        """'digits (versions 1, 2); other (version 1)' or 'none'."""
+    def describe(self, where: bool = False) -> str:
+        """'digits (versions 1, 2); other (version 1)' or 'none'; with `where` (for the
+        server's own log lines, never for clients) 'none' names the repository folder."""
         parts = [
             f"{n} (version{'s' if len(v) > 1 else ''} {', '.join(map(str, sorted(v)))})"
             for n, v in sorted(self._models.items())
         ]
-        return "; ".join(parts) or f"none (the repository {self.root} holds no loadable model)"
+        if parts:
+            return "; ".join(parts)
+        return f"none (the repository {self.root} holds no loadable model)" if where else "none"
 
     # ---- loading -------------------------------------------------------------------------
     def scan(self, strict: bool = False) -> ScanResult:
@@ -271,7 +276,7 @@ class ModelRepository:
         """Read the manifest, open and check every graph, warm it up and build its batchers."""
         t0 = time.perf_counter()
         manifest = load_manifest(path, verify=self.settings.verify_hashes)
-        manifest_json = (path / MANIFEST_FILE).read_text()
+        manifest_json = client_manifest_json((path / MANIFEST_FILE).read_text())
         if (manifest.name, manifest.version) != (name, version):
             log.info(
                 "%s: manifest says %s version %d; serving it as %s version %d (its folder)",
@@ -340,6 +345,38 @@ class ModelRepository:
             extra={"fields": {"event": "model_loaded", **model.report()}},
         )
         return model
+
+
+_ABSOLUTE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")  # /x, ~/x, C:\x, C:/x, \\host\x
+
+
+def client_manifest_json(text: str) -> str:
+    """The manifest as clients see it (ModelInfo.manifest_json): no server paths. The
+    training run directory is left out, a data file is named by its file name only, and any
+    other absolute path is cut to its last part."""
+    manifest = json.loads(text)
+    training = manifest.get("training")
+    config = training.get("config") if isinstance(training, dict) else None
+    if isinstance(config, dict):
+        config.pop("run_dir", None)
+        data = config.get("data")
+        if isinstance(data, str) and not data.startswith("builtin:"):
+            config["data"] = _last_part(data)
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, str) and _ABSOLUTE.match(value):
+            return _last_part(value)
+        return value
+
+    return json.dumps(scrub(manifest), indent=2) + "\n"
+
+
+def _last_part(path: str) -> str:
+    return re.split(r"[\\/]", path.rstrip("\\/"))[-1]
 
 
 def _check_io(path: Path, graph: str, runner: GraphRunner, m: Manifest) -> None:

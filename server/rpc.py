@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from vaeserve.server.call_context import current_request_id
 from vaeserve.server.dataplane import DataPlane
 from vaeserve.server.errors import RequestError
 from vaeserve.server.metrics import Metrics
@@ -28,11 +29,18 @@ R = TypeVar("R")
 
 
 def request_error(exc: Exception, action: str, subject: str = "") -> RequestError:
-    """A RequestError as it is; any other error is logged and becomes INTERNAL."""
+    """A RequestError as it is; any other error is logged (with its traceback, for the
+    operator) and becomes INTERNAL with a message that gives the client no server details."""
     if isinstance(exc, RequestError):
         return exc
     log.exception("%s failed", f"{action} {subject}" if subject else action)
-    return RequestError(grpc.StatusCode.INTERNAL, f"{action} failed: {exc}")
+    rid = current_request_id()
+    return RequestError(
+        grpc.StatusCode.INTERNAL,
+        f"{action} failed on the server (an internal error"
+        + (f", logged with request id {rid}" if rid else ", logged")
+        + "); please report it",
+    )
 
 
 def unary(

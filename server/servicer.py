@@ -19,7 +19,7 @@ from vaeserve.proto.vae.v1 import vae_pb2, vae_pb2_grpc
 from vaeserve.server import validation
 from vaeserve.server.call_context import note_call
 from vaeserve.server.dataplane import DataPlane
-from vaeserve.server.errors import RequestError
+from vaeserve.server.errors import RequestError, echo
 from vaeserve.server.repository import LoadedModel
 from vaeserve.server.rpc import Answer, done, open_stream, request_error, unary
 from vaeserve.server.vae_codec import (
@@ -68,9 +68,10 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         self, model: LoadedModel, t: vae_pb2.Tensor, condition: vae_pb2.Tensor, spec: SpecFor
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The request's rows (or z) as `spec` describes them, and its condition."""
-        note_call(rows=declared_rows(t))  # what was sent, even when it is refused
         x = read_matrix(t, spec(model, self.max_rows))
-        return x, read_condition(condition, model, x.shape[0], self.max_rows)
+        cond = read_condition(condition, model, x.shape[0], self.max_rows)
+        note_call(rows=x.shape[0])  # rows that passed validation, never a declared shape
+        return x, cond
 
     async def _run(
         self, request: Any, t: vae_pb2.Tensor, spec: SpecFor, call: GraphCall
@@ -110,10 +111,9 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     ) -> vae_pb2.SampleResponse:
         """n draws z ~ N(0, I) from the seed, decoded."""
         model = self._model(request.model)
-        n = int(request.n)
-        note_call(rows=n)
-        validation.check_sample_count(n, self.max_rows)
+        n = validation.check_sample_count(int(request.n), self.max_rows)
         cond = read_condition(request.condition, model, n, self.max_rows, broadcast=True)
+        note_call(rows=n)
         out = await self.dataplane.sample(model, n, cond, request.seed)
         return vae_pb2.SampleResponse(
             model=model_ref(model), rows=to_tensor(out["x_hat"]), z=to_tensor(out["z"])
@@ -190,7 +190,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
                 elif ref != pinned.requested:
                     raise RequestError.invalid(
                         f"model may only be set on a stream's first message; this stream uses "
-                        f"{pinned.requested[0]!r} version {pinned.requested[1] or 'newest'}; "
+                        f"{echo(pinned.requested[0])} version {pinned.requested[1] or 'newest'}; "
                         "open a new stream for another model"
                     )
             if pinned.model is None:
@@ -212,21 +212,23 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             ),
             model=model.name if model is not None else "",
             code=exc.code,
-            rows=declared_rows(req.rows),
         )
 
     async def _score_batch(
         self, req: vae_pb2.ScoreRequest, model: LoadedModel
     ) -> Answer[vae_pb2.ScoreResponse]:
         try:
-            resp = await self._score(req, model)
+            resp, rows = await self._score(req, model)
         except Exception as exc:
             return self._error_answer(
-                req, request_error(exc, "scoring", f"batch {req.batch_id!r}"), model
+                req, request_error(exc, "scoring", f"batch {echo(req.batch_id)}"), model
             )
-        return Answer(resp, model=model.name, rows=declared_rows(req.rows))
+        return Answer(resp, model=model.name, rows=rows)
 
-    async def _score(self, req: vae_pb2.ScoreRequest, model: LoadedModel) -> vae_pb2.ScoreResponse:
+    async def _score(
+        self, req: vae_pb2.ScoreRequest, model: LoadedModel
+    ) -> tuple[vae_pb2.ScoreResponse, int]:
+        """The batch's response and its (validated) row count."""
         x, cond = self._inputs(model, req.rows, req.condition, MatrixSpec.rows)
         ids = read_row_ids(req, x.shape[0])
         score = score_name(req.score)
@@ -250,4 +252,4 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             resp.kl_per_dim.CopyFrom(to_tensor(result.kl_per_dim))
         if result.iw_nll is not None:
             resp.iw_nll.CopyFrom(to_tensor(result.iw_nll))
-        return resp
+        return resp, x.shape[0]

@@ -68,7 +68,8 @@ def read_condition(
 def read_row_ids(req: vae_pb2.ScoreRequest, n: int) -> np.ndarray:
     """The request's row_ids (INT64 [n]), or start_offset, start_offset + 1, ..."""
     if not is_set(req.row_ids):
-        return np.arange(req.start_offset, req.start_offset + n, dtype=np.int64)
+        start = validation.check_start_offset(req.start_offset, n)
+        return np.arange(start, start + n, dtype=np.int64)
     if req.row_ids.dtype != vae_pb2.INT64:
         raise RequestError.invalid(
             f"row_ids: dtype {dtype_name(req.row_ids.dtype)} is not accepted; send INT64"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vaeserve.common.scores import SCORE_NAMES
-from vaeserve.server.errors import RequestError
+from vaeserve.server.errors import RequestError, echo, echo_shape
 from vaeserve.server.repository import LoadedModel
 
 
@@ -57,9 +57,16 @@ def check_row_count(n: int, max_rows: int, subject: str, advice: str) -> None:
 def check_shape(shape: Sequence[int], spec: MatrixSpec) -> None:
     """A declared shape that is 2-D [n, cols] with n within max_rows (before decoding)."""
     shape = list(shape)
+    if any(d < 0 for d in shape):
+        raise RequestError.invalid(
+            f"{spec.what}: shape {echo_shape(shape)} has a negative dimension; send "
+            f"[n, {spec.cols}]"
+        )
     if len(shape) != 2:
         hint = f"; for one row send shape [1, {spec.cols}]" if len(shape) == 1 else ""
-        raise RequestError.invalid(f"{spec.what}: shape {shape} is not 2-D [n, {spec.cols}]{hint}")
+        raise RequestError.invalid(
+            f"{spec.what}: shape {echo_shape(shape)} is not 2-D [n, {spec.cols}]{hint}"
+        )
     check_row_count(shape[0], spec.max_rows, f"{spec.what} has {shape[0]} rows", "split the batch")
     if shape[1] != spec.cols:
         raise RequestError.invalid(
@@ -117,7 +124,7 @@ def check_row_ids(ids: np.ndarray, n: int) -> np.ndarray:
     """Decoded row ids: one per row, shape [n]."""
     if ids.shape != (n,):
         raise RequestError.invalid(
-            f"row_ids has shape {list(ids.shape)} but rows has {n} rows; send INT64 [{n}]"
+            f"row_ids has shape {echo_shape(ids.shape)} but rows has {n} rows; send INT64 [{n}]"
         )
     return ids
 
@@ -133,7 +140,7 @@ def check_sample_count(n: int, max_rows: int) -> int:
 def check_score_name(score: str) -> str:
     """One of the score names (kl, recon_nll, neg_elbo)."""
     if score not in SCORE_NAMES:
-        raise RequestError.invalid(f"score {score!r} is not one of {', '.join(SCORE_NAMES)}")
+        raise RequestError.invalid(f"score {echo(score)} is not one of {', '.join(SCORE_NAMES)}")
     return score
 
 
@@ -155,6 +162,20 @@ def check_iw_samples(k: int, max_iw_samples: int) -> int:
             limit="max_iw_samples",
         )
     return k
+
+
+INT64_MAX = 2**63 - 1
+
+
+def check_start_offset(start: int, n: int) -> int:
+    """A Score batch's start_offset: its row ids start, start + 1, ..., start + n - 1 must all
+    be int64."""
+    if start + max(n - 1, 0) > INT64_MAX:
+        raise RequestError.invalid(
+            f"start_offset {start} with {n} rows runs past the largest row id (2**63 - 1); "
+            "send a smaller start_offset or row_ids"
+        )
+    return start
 
 
 def check_seed(seed: int, what: str = "seed") -> int:

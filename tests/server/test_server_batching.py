@@ -26,13 +26,16 @@ class FakeRunner:
 
     def __init__(self, fail_on: float | None = None) -> None:
         self.calls: list[int] = []
+        self.shrinks: list[int] = []  # the calls (by index) asked to free memory afterwards
         self.fail_on = fail_on
         self.gate = threading.Event()
         self.gate.set()
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], shrink: bool = False) -> dict[str, np.ndarray]:
         self.gate.wait(10)
         x = feeds["x"]
+        if shrink:
+            self.shrinks.append(len(self.calls))
         self.calls.append(len(x))
         if self.fail_on is not None and (x == self.fail_on).any():
             raise RuntimeError("poisoned row")
@@ -119,6 +122,26 @@ def test_respects_max_rows_and_keys() -> None:
         for i in range(5):
             np.testing.assert_array_equal(outs[i]["y"], 2 * _x(4, i))
         assert "n" in outs[5] and outs[5]["y"].shape == (2, 3)
+
+    asyncio.run(main())
+
+
+def test_a_key_may_cap_its_calls_and_ask_for_memory_back() -> None:
+    # importance sampling: K x rows is the work of a call, so its lane merges fewer rows
+    async def main() -> None:
+        runner = FakeRunner()
+        b = _batcher(runner, max_rows=100, delay=0.05)
+        noise = np.zeros((8, 3, 1), np.float32)
+        jobs = [b.run({"x": _x(3, i), "noise": noise}, 3, key=8, max_rows=7) for i in range(4)]
+        jobs.append(b.run({"x": _x(3, 9), "noise": noise}, 3, key=8, max_rows=7, release=True))
+        outs = await asyncio.gather(*jobs)
+        assert sorted(runner.calls) == [3, 6, 6]  # at most 7 rows merged, never 100
+        (shrunk,) = runner.shrinks  # only the call holding the released request shrinks
+        assert runner.calls[shrunk] in (3, 6)
+        for i, out in enumerate(outs[:4]):
+            np.testing.assert_array_equal(out["y"], 2 * _x(3, i))
+        await b.run({"x": _x(50, 0)}, 50)  # other keys keep the batcher's own max_rows
+        assert runner.calls[-1] == 50 and len(runner.shrinks) == 1
 
     asyncio.run(main())
 

@@ -92,9 +92,10 @@ def test_metrics_page_counts_what_was_sent(model_repo: Path) -> None:
         assert metric(page, req_total, rpc="Encode", model="digits", code="OK") == 3
         assert metric(page, rows_total, rpc="Encode", model="digits", code="OK") == 15
         assert metric(page, req_total, rpc="Encode", model="digits", code="INVALID_ARGUMENT") == 1
-        assert metric(page, rows_total, rpc="Encode", model="digits", code="INVALID_ARGUMENT") == 4
+        # rejected requests add no rows, whatever they declared (rows count validated rows)
+        assert metric(page, rows_total, rpc="Encode", model="digits", code="INVALID_ARGUMENT") == 0
         bad = {"rpc": "Encode", "model": "digits", "code": "RESOURCE_EXHAUSTED"}
-        assert metric(page, req_total, **bad) == 1 and metric(page, rows_total, **bad) == 5000
+        assert metric(page, req_total, **bad) == 1 and metric(page, rows_total, **bad) == 0
         assert metric(page, req_total, rpc="Score", model="digits", code="OK") == 2
         assert metric(page, rows_total, rpc="Score", model="digits", code="OK") == 17
         assert metric(page, req_total, rpc="Score", model="digits", code="INVALID_ARGUMENT") == 1
@@ -193,7 +194,7 @@ def test_json_logs_request_ids_and_load_report(model_repo: Path) -> None:
     (ok,) = [r for r in access if r.get("request_id") == "trace-abc-123"]
     assert (ok["rpc"], ok["code"], ok["model"], ok["rows"]) == ("Encode", "OK", "digits", 3)
     (bad,) = [r for r in access if r.get("request_id") == generated]
-    assert (bad["code"], bad["rows"]) == ("INVALID_ARGUMENT", 2)
+    assert (bad["code"], bad["rows"]) == ("INVALID_ARGUMENT", 0)  # no validated rows
     (stream,) = [r for r in access if r["rpc"] == "Score"]
     assert (stream["messages"], stream["rows"], stream["message_errors"]) == (1, 4, 0)
     assert len(stream["request_id"]) == 32

@@ -171,7 +171,14 @@ def test_model_info(digits_stub, digits_ref: Reference, model_repo) -> None:
     assert s.likelihood == m.likelihood
     assert s.default_score == kinds[m.calibration.default_score]
     assert dict(s.thresholds) == pytest.approx(m.calibration.thresholds)
-    assert info.manifest_json == (model_repo / "digits" / "1" / "manifest.json").read_text()
+    on_disk = json.loads((model_repo / "digits" / "1" / "manifest.json").read_text())
+    sent = json.loads(info.manifest_json)
+    # clients get the manifest without server paths: no run directory, no data file path
+    assert "run_dir" in on_disk["training"]["config"]
+    assert "run_dir" not in sent["training"]["config"]
+    del on_disk["training"]["config"]["run_dir"]
+    assert sent == on_disk
+    assert str(model_repo) not in info.manifest_json
     assert json.loads(info.manifest_json)["name"] == "digits"
 
 
