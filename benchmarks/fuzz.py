@@ -17,6 +17,7 @@ import argparse
 import json
 import multiprocessing
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -120,11 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from benchmarks.server_proc import ServerProcess, mb, temp_dir
+    from benchmarks.procfs import mb
+    from benchmarks.server_process import ServerProcess
     from tests.server import fuzzing
     from tests.server.synth import write_synthetic_model
 
-    with temp_dir("vae-fuzz-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vae-fuzz-") as tmp:
         repo = Path(tmp) / "repo"
         write_synthetic_model(repo, "digits", 1, input_dim=64, latent_dim=8, seed=1)
         write_synthetic_model(repo, "cond", 1, input_dim=8, latent_dim=2, cond_dim=3, seed=2)
@@ -144,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             channel.close()
             healthy = server.alive() and status.status == health_pb2.HealthCheckResponse.SERVING
-            after, peak = server.rss_kib(), server.hwm_kib()
+            after, peak = server.rss_kib(), server.peak_rss_kib()
         finally:
             server.stop()
         log_text = (Path(tmp) / "server.log").read_text(errors="replace")

@@ -13,11 +13,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.server_proc import ROOT, temp_dir
+from benchmarks.revisions import ROOT
 
 RESULTS = Path(__file__).parent / "results"
 PACKAGE_DIRS = ("common", "training", "export", "server", "client", "proto")
@@ -103,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extras", default="client,serve-cpu,serve,train")
     parser.add_argument("--output", type=Path, default=RESULTS / "install_sizes.json")
     args = parser.parse_args(argv)
-    with temp_dir("vae-sizes-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vae-sizes-") as tmp:
         src = source_copy(Path(tmp) / "src")
         results = [measure(e, src, Path(tmp)) for e in args.extras.split(",") if e]
     args.output.parent.mkdir(parents=True, exist_ok=True)

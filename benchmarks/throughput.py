@@ -318,7 +318,7 @@ def run_throughput(
     machine = machine_description()
     with work_folder(workdir, "vaeserve-throughput-") as work:
         repo, facts = prepare_models(cfg, work)
-        server = ServerProcess(repo, work / "server.log", cfg.device)
+        server = ServerProcess(repo, device=cfg.device, log_file=work / "server.log")
         client = VaeClient(server.target)
         try:
             client.wait_ready(30)

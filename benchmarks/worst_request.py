@@ -5,9 +5,9 @@ One Score message of `max_request_rows` rows (4096) with `max_iw_samples` import
 /proc/PID/status before (VmRSS), at its peak (VmHWM, reset before each measurement) and 3 s
 after the answer (VmRSS). Then four streams send two such messages each while a separate
 channel times grpc.health.v1 checks.
-With `--baseline REV` the same is measured on an older commit's server (see
-benchmarks/server_proc.py) in the same run, and Score stream throughput at 1024-row batches
-(no importance sampling) is compared between the two, interleaved, median of `--repeats`.
+With `--baseline REV` the same is measured on an older commit's server (benchmarks/revisions.py)
+in the same run, and Score stream throughput at 1024-row batches (no importance sampling) is
+compared between the two, interleaved, median of `--repeats`.
 
 Models are trained for one epoch (memory and speed do not depend on the fit): `digits`,
 TrainConfig's default 64-256-128-8 VAE, and `mlp784`, a 784-400-20-400-784 VAE.
@@ -22,6 +22,7 @@ import dataclasses
 import json
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -32,7 +33,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from benchmarks.server_proc import ServerProcess, mb, temp_dir, unpack_revision
+from benchmarks.procfs import mb
+from benchmarks.revisions import unpack_revision
+from benchmarks.server_process import ServerProcess
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = {
@@ -138,11 +141,11 @@ def worst_request(server: ServerProcess, model: str, x: np.ndarray, limits: dict
         _check_answers(client.score([score_message(model, worst[:64], 2)]))  # warm-up, IW too
         time.sleep(1.0)
         before = server.rss_kib()
-        server.reset_hwm()
+        server.reset_peak()
         started = time.perf_counter()
         _check_answers(client.score([score_message(model, worst, k)]))
         seconds = time.perf_counter() - started
-        peak = server.hwm_kib()
+        peak = server.peak_rss_kib()
         time.sleep(3.0)
         after = server.rss_kib()
         one = {
@@ -186,7 +189,7 @@ def four_streams(
         except Exception as exc:
             errors.append(str(exc))
 
-    server.reset_hwm()
+    server.reset_peak()
     prober = threading.Thread(target=probe)
     prober.start()
     workers = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
@@ -198,7 +201,7 @@ def four_streams(
     seconds = time.perf_counter() - started
     done.set()
     prober.join()
-    peak = server.hwm_kib()
+    peak = server.peak_rss_kib()
     time.sleep(3.0)
     return {
         "peak_mb": mb(peak),
@@ -292,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     limits = default_limits()
     results: dict[str, Any] = {"limits": limits, "baseline": args.baseline, "worst": {}}
-    with temp_dir("vae-worst-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vae-worst-") as tmp:
         work = Path(tmp)
         repo, rows = prepare(work, models)
         servers: dict[str, ServerProcess] = {}
