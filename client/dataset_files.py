@@ -22,6 +22,8 @@ from vaeserve.client.filesystems import is_uri, resolve, uri_prefix
 from vaeserve.client.readers import detect_input_format
 
 DATASET_FORMATS = ("csv", "parquet")
+_LISTED = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -165,12 +167,14 @@ def _glob_regex(pattern: str) -> str:
 
 
 def _format_of(path: str, input_format: str | None) -> str | None:
-    """The format of a listed file, or None for a file that is not a CSV or Parquet input."""
-    try:
-        fmt = detect_input_format(path, input_format)
-    except VaeClientError:
-        return None
-    return fmt if fmt in DATASET_FORMATS else None
+    """The format of a file found in a folder or by a glob: --input-format, else what a .csv,
+    .tsv, .parquet or .pq name says (compressed CSV too); None for anything else."""
+    if input_format:
+        return detect_input_format(path, input_format)
+    name = path.lower()
+    for ext in _COMPRESSED:
+        name = name.removesuffix(ext)
+    return _LISTED.get(os.path.splitext(name)[1])
 
 
 def _check_format(path: str, fmt: str) -> None:

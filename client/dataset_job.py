@@ -155,11 +155,12 @@ class DatasetJob:
             kl_per_dim=self.kl_per_dim,
         )
 
-    def fingerprint(self, parts: Sequence[Part], fmt: str, info: ModelInfo) -> dict[str, Any]:
-        """What must not change between an interrupted run and its resumption."""
+    def fingerprint(self, fmt: str, info: ModelInfo) -> dict[str, Any]:
+        """What must not change between an interrupted run and its resumption (the inputs
+        may: parts already committed must be unchanged, the others are scored as they are)."""
         return {
             "job_format": JOB_FORMAT,
-            "parts": [p.key() for p in parts],
+            "rows_per_part": self.rows_per_part,
             "columns": list(self.columns) if self.columns else None,
             "id_column": self.id_column,
             "condition_column": self.condition_column,
@@ -209,7 +210,7 @@ def run_dataset_job(job: DatasetJob, connection: ConnectionOptions | None = None
     parts = plan_parts(files, job.rows_per_part)
     output = DatasetOutput(job.output, fmt)
     committed = output.prepare(
-        job.fingerprint(parts, fmt, info), resume=job.resume, overwrite=job.overwrite
+        job.fingerprint(fmt, info), parts, resume=job.resume, overwrite=job.overwrite
     )
     summary = DatasetSummary(
         input=" ".join(job.inputs),
@@ -223,7 +224,7 @@ def run_dataset_job(job: DatasetJob, connection: ConnectionOptions | None = None
     for result in committed.values():
         result.skipped = True
         summary.add(result)
-    todo = [p for p in parts if p.index not in committed]
+    todo = [p for p in parts if p.name not in committed]
     results = list(committed.values())
     settings = job.settings(fmt, info)
     try:
@@ -240,6 +241,7 @@ def run_dataset_job(job: DatasetJob, connection: ConnectionOptions | None = None
         error.summary = summary
         raise error from None
     _close(summary, results, started)
+    output.end_run()
     if summary.failed:
         error = DatasetIncomplete(
             f"{len(summary.failed):,} of {len(parts):,} parts could not be scored (see the "

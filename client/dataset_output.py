@@ -1,10 +1,10 @@
 """The output folder of a dataset job and how a part is committed to it, on a local disk or any
 filesystem pyarrow opens by URI.
 
-    OUT/part-00000.parquet       scores of part 0 (input order), one file per part
-    OUT/_rejects/part-00000.csv  its rejected rows (row, id, reason), when it has any
-    OUT/_committed/part-00000.json   the commit marker: PartResult (rows, counts, sha256, ...)
-    OUT/_job.json                what the job is (inputs, options, model): a resume must match
+    OUT/part-<digest>.parquet    scores of one part, in input order, one file per part
+    OUT/_rejects/part-<digest>.csv   its rejected rows (row, id, reason), when it has any
+    OUT/_committed/part-<digest>.json   its commit marker: PartResult (rows, counts, sha256, ...)
+    OUT/_job.json                what the job is (options, model): a resume must match
     OUT/_temporary/              attempts in progress (removed when a run starts)
     OUT/_manifest.json, OUT/_rejects.csv, OUT/_SUCCESS   written when every part is committed
 
@@ -53,8 +53,10 @@ _EXTENSIONS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 class PartResult(ScoreCounts):
     """What scoring one part did; its commit marker holds exactly this."""
 
-    index: int
+    index: int  # the part's place in the plan of the run that scored it
+    name: str
     input: str
+    size: int  # of the input file when it was scored
     start: int = 0
     stop: int | None = None
     rows: int = 0  # input rows read (scored or rejected); malformed CSV lines are not rows
@@ -112,14 +114,14 @@ class DatasetOutput:
 
     # ---- driver: start, resume, finish ---------------------------------------------------
     def prepare(
-        self, fingerprint: dict[str, Any], *, resume: bool, overwrite: bool
-    ) -> dict[int, PartResult]:
-        """Make the folder ready and return the parts already committed (resume).
+        self, fingerprint: dict[str, Any], parts: list[Part], *, resume: bool, overwrite: bool
+    ) -> dict[str, PartResult]:
+        """Make the folder ready and return the parts already committed (resume), by name.
 
         A new or empty folder starts a job; a folder holding a job is resumed (`resume`, when
-        its fingerprint matches) or cleared of the job's files (`overwrite`); anything else is
-        refused rather than overwritten. Attempts in progress and files of uncommitted parts
-        are removed."""
+        its fingerprint matches and every committed part is still a part of the same input,
+        unchanged) or cleared of the job's files (`overwrite`); anything else is refused rather
+        than overwritten. Attempts in progress and files of uncommitted parts are removed."""
         info = self.fs.get_file_info(self.base)
         if info.type == pafs.FileType.File:
             raise VaeClientError(f"{self.root} is a file; a dataset job writes a folder")
@@ -135,6 +137,7 @@ class DatasetOutput:
                 )
             self._check_fingerprint(fingerprint)
             committed = self.committed()
+            _check_inputs(committed, parts)
             self._remove_uncommitted(committed)
             return committed
         elif has_job:
@@ -153,10 +156,10 @@ class DatasetOutput:
         self._write(JOB_FILE, json.dumps(fingerprint, indent=1).encode())
         return {}
 
-    def committed(self) -> dict[int, PartResult]:
-        """The committed parts by index, each checked: a marker whose output is missing or of
+    def committed(self) -> dict[str, PartResult]:
+        """The committed parts by name, each checked: a marker whose output is missing or of
         another size is dropped, so that its part is scored again."""
-        out: dict[int, PartResult] = {}
+        out: dict[str, PartResult] = {}
         selector = pafs.FileSelector(self.path(COMMITTED), allow_not_found=True)
         for info in self.fs.get_file_info(selector):
             if not info.path.endswith(".json"):
@@ -166,7 +169,7 @@ class DatasetOutput:
             if output.type != pafs.FileType.File or output.size != result.output_bytes:
                 self.fs.delete_file(info.path)
                 continue
-            out[result.index] = result
+            out[result.name] = result
         return out
 
     def finish(
@@ -174,7 +177,7 @@ class DatasetOutput:
     ) -> str | None:
         """Write the manifest (every part's result), all rejects in one CSV (file, row, id,
         reason) and the _SUCCESS marker; returns the rejects file when there are rejects."""
-        results = sorted(results, key=lambda r: r.index)
+        results = sorted(results, key=lambda r: (r.input, r.start))
         manifest = {
             "job": json.loads(self._read(self.path(JOB_FILE))),
             "parts": [r.to_dict() for r in results],
@@ -192,6 +195,10 @@ class DatasetOutput:
         self._delete_dir(TEMPORARY)
         self._write(SUCCESS, json.dumps(summary, indent=1).encode())
         return merged
+
+    def end_run(self) -> None:
+        """Remove what this run's attempts left (all of its parts are settled)."""
+        self._delete_dir(TEMPORARY)
 
     def _merge_rejects(self, results: list[PartResult], fs: pafs.FileSystem, where: str) -> None:
         header = io.StringIO()
@@ -223,7 +230,7 @@ class DatasetOutput:
                 f"{self.root}/{JOB_FILE}); rerun with the same inputs and options, or --overwrite"
             )
 
-    def _remove_uncommitted(self, committed: dict[int, PartResult]) -> None:
+    def _remove_uncommitted(self, committed: dict[str, PartResult]) -> None:
         """Delete attempts in progress and part files no marker vouches for."""
         keep = {r.output for r in committed.values()}
         keep |= {r.rejects_file for r in committed.values() if r.rejects_file}
@@ -325,6 +332,20 @@ class DatasetOutput:
     def _delete_dir(self, name: str) -> None:
         if self._exists(name):
             self.fs.delete_dir(self.path(name))
+
+
+def _check_inputs(committed: dict[str, PartResult], parts: list[Part]) -> None:
+    """Every committed part must still be a part of the inputs, and its input unchanged:
+    otherwise the folder would keep rows that are no longer the dataset's, or stale ones."""
+    planned = {p.name: p for p in parts}
+    for result in sorted(committed.values(), key=lambda r: (r.input, r.start)):
+        part = planned.get(result.name)
+        if part is None or part.size != result.size:
+            why = "is no longer among the inputs" if part is None else "changed since"
+            raise VaeClientError(
+                f"cannot resume: {result.input} (rows {result.start}..) was scored into "
+                f"{result.output} but {why}; rerun with the same inputs, or --overwrite"
+            )
 
 
 @contextlib.contextmanager

@@ -1,14 +1,15 @@
 """Parts: the units a dataset job scores, commits and resumes. A part is one input file, or
 with `rows_per_part` a run of whole row groups of a Parquet file, so one large file can be
-scored by several workers. Each part gets one output file, `part-NNNNN.FORMAT`.
+scored by several workers. Each part gets one output file, `part-<digest>.FORMAT`, named by its
+input path and row range, so the name stays the same when other inputs come or go.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -19,7 +20,8 @@ from vaeserve.client.filesystems import open_input_file
 
 @dataclass(frozen=True)
 class Part:
-    """Rows [start, stop) of one input file (stop None: to its end), numbered `index`."""
+    """Rows [start, stop) of one input file (stop None: to its end); `index` is its place in
+    this run's plan."""
 
     index: int
     path: str
@@ -30,8 +32,9 @@ class Part:
 
     @property
     def name(self) -> str:
-        """The part's output name without the format's extension."""
-        return f"part-{self.index:05d}"
+        """The part's output name without the format's extension (see the module docstring)."""
+        key = f"{self.path}\0{self.start}\0{self.stop}".encode()
+        return f"part-{hashlib.sha1(key).hexdigest()[:16]}"
 
     def to_json(self) -> str:
         """The part as a JSON string (how it travels to Ray workers)."""
@@ -41,10 +44,6 @@ class Part:
     def from_json(cls, text: str) -> Part:
         """The part that `to_json` wrote."""
         return cls(**json.loads(text))
-
-    def key(self) -> list[Any]:
-        """What identifies the part's rows in a job's fingerprint."""
-        return [self.path, self.size, self.start, self.stop]
 
 
 def plan_parts(files: Sequence[DatasetFile], rows_per_part: int | None = None) -> list[Part]:

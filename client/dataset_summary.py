@@ -27,7 +27,7 @@ class DatasetSummary(JobSummary):
     def add(self, result: PartResult) -> None:
         """Count one part's result."""
         if result.error is not None:
-            self.failed.append({"part": result.index, "input": result.input, "error": result.error})
+            self.failed.append({"part": result.name, "input": result.input, "error": result.error})
             return
         self.parts_done += 1
         self.parts_skipped += int(result.skipped)

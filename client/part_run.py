@@ -103,7 +103,13 @@ def score_part(
         return done
     started = time.monotonic()
     result = PartResult(
-        index=part.index, input=part.path, start=part.start, stop=part.stop, node=node
+        index=part.index,
+        name=part.name,
+        input=part.path,
+        size=part.size,
+        start=part.start,
+        stop=part.stop,
+        node=node,
     )
     result.pid = os.getpid()
     scratch = output.scratch()

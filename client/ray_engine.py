@@ -48,6 +48,7 @@ class RayPool:
     gpus_per_worker: float = 0.0  # in-process actors use the CUDA provider when > 0
     max_retries: int = 3
     progress: bool = True  # Ray Data's progress bars
+    start_timeout_s: int = 600  # for the whole pool to start before any part is handed out
 
 
 def connect(address: str | None, *, progress: bool = True) -> bool:
@@ -122,8 +123,14 @@ class PartWorker:
             part = Part.from_json(text)
             attempts = self.output.note_attempt(part)
             if attempts > self.max_retries + 1 and self.output.find_committed(part) is None:
-                result = PartResult(index=part.index, input=part.path, start=part.start)
-                result.stop = part.stop
+                result = PartResult(
+                    index=part.index,
+                    name=part.name,
+                    input=part.path,
+                    size=part.size,
+                    start=part.start,
+                    stop=part.stop,
+                )
                 result.error = (
                     f"the Ray worker scoring it died {attempts - 1} times (out of memory?); "
                     f"--max-retries is {self.max_retries}"
@@ -148,6 +155,10 @@ def run_parts_on_ray(
         threads = max(1, int(pool.cpus_per_worker)) if in_process else 0
         device = "cuda" if in_process and pool.gpus_per_worker > 0 else "cpu"
         items = [{"part": p.to_json()} for p in parts]
+        context = ray.data.DataContext.get_current()
+        # Start the whole pool before handing out parts, so that work is spread from the
+        # start, and so that a pool the cluster cannot hold is an error, not a wait forever.
+        waited, context.wait_for_min_actors_s = context.wait_for_min_actors_s, pool.start_timeout_s
         scored = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             PartWorker,
             fn_constructor_kwargs={
@@ -168,11 +179,26 @@ def run_parts_on_ray(
                 yield PartResult.from_dict(json.loads(row["result"]))
         except VaeClientError:
             raise
+        except ray.exceptions.GetTimeoutError:
+            raise VaeClientError(
+                f"the Ray cluster did not start {size} workers of {pool.cpus_per_worker:g} CPUs "
+                f"and {pool.gpus_per_worker:g} GPUs within {pool.start_timeout_s} s; it has "
+                f"{_resources()}. Ask for fewer or smaller workers (--workers, "
+                "--cpus-per-worker, --gpus-per-worker)",
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ) from None
         except Exception as exc:
             raise worker_error(exc) from None
+        finally:
+            context.wait_for_min_actors_s = waited
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _resources() -> str:
+    total = ray.cluster_resources()
+    return ", ".join(f"{total.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
 
 
 def worker_error(exc: BaseException) -> VaeClientError:
