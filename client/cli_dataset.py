@@ -29,8 +29,8 @@ _OPTIONS = (
     ),
     click.option(
         "--ray-address",
-        help="Ray cluster to join (HOST:PORT of the head, ray://..., or auto). Default: "
-        "RAY_ADDRESS, else a new local Ray sized to this machine.",
+        help="Ray cluster to join (HOST:PORT of the head, ray://..., auto), or local for a new "
+        "one. Default: RAY_ADDRESS, else one `ray start` started here, else a new local Ray.",
     ),
     click.option(
         "--model-dir",

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -33,7 +33,7 @@ from vaeserve.client.errors import VaeClientError
 from vaeserve.client.job_summary import JobInterrupted
 from vaeserve.client.models import ModelInfo
 from vaeserve.client.options import ConnectionOptions
-from vaeserve.client.part_run import PartSettings, score_part
+from vaeserve.client.part_run import PartSettings, peak_rss_mb, score_part
 from vaeserve.client.writers import detect_output_format
 from vaeserve.common.manifest import ManifestError, load_manifest
 from vaeserve.common.scores import SCORE_NAMES
@@ -74,7 +74,7 @@ class DatasetJob:
     overwrite: bool = False
     progress: bool | None = None  # None: only when stderr is a terminal
     rows_per_part: int | None = None  # cut Parquet files into parts of this many rows or more
-    ray_address: str | None = None  # None: RAY_ADDRESS, else a new local Ray instance
+    ray_address: str | None = None  # None: RAY_ADDRESS, a `ray start` cluster here, or new
     workers: int | None = None  # Ray actors; None: the cluster's CPUs / cpus_per_worker
     cpus_per_worker: float | None = None  # None: 1 per Ray actor, every core locally
     gpus_per_worker: float = 0.0
@@ -198,7 +198,8 @@ def run_dataset_job(job: DatasetJob, connection: ConnectionOptions | None = None
 
     Raises DatasetIncomplete (with the summary) when some parts' inputs could not be scored,
     JobInterrupted on Ctrl-C, VaeClientError for anything that stops the job; committed parts
-    are kept in every case.
+    are kept in every case. Nothing is written before the model, the inputs and the engine
+    (the Ray cluster) are known to be there.
     """
     started = time.monotonic()
     job.check()
@@ -208,38 +209,41 @@ def run_dataset_job(job: DatasetJob, connection: ConnectionOptions | None = None
     condition_encoder(info, job.condition_column)  # a wrong condition option fails here
     files = list_dataset(job.inputs, input_format=job.input_format, exclude=job.output)
     parts = plan_parts(files, job.rows_per_part)
-    output = DatasetOutput(job.output, fmt)
-    committed = output.prepare(
-        job.fingerprint(fmt, info), parts, resume=job.resume, overwrite=job.overwrite
-    )
-    summary = DatasetSummary(
-        input=" ".join(job.inputs),
-        output=job.output,
-        model=f"{info.name}:{info.version}",
-        engine=job.engine,
-        backend=backend.describe(),
-        files=len(files),
-        parts=len(parts),
-    )
-    for result in committed.values():
-        result.skipped = True
-        summary.add(result)
-    todo = [p for p in parts if p.name not in committed]
-    results = list(committed.values())
-    settings = job.settings(fmt, info)
+    engine = open_engine(job)
     try:
-        for result in _run_engine(job, todo, settings, backend.portable()):
-            results.append(result)
-            summary.add(result)
-    except KeyboardInterrupt:
-        _close(summary, results, started)
-        error = JobInterrupted(
-            f"interrupted with {summary.parts_done:,} of {len(parts):,} parts committed; "
-            "rerun with --resume to finish",
-            code=grpc.StatusCode.CANCELLED,
+        output = DatasetOutput(job.output, fmt)
+        committed = output.prepare(
+            job.fingerprint(fmt, info), parts, resume=job.resume, overwrite=job.overwrite
         )
-        error.summary = summary
-        raise error from None
+        summary = DatasetSummary(
+            input=" ".join(job.inputs),
+            output=job.output,
+            model=f"{info.name}:{info.version}",
+            engine=job.engine,
+            backend=backend.describe(),
+            files=len(files),
+            parts=len(parts),
+        )
+        for result in committed.values():
+            result.skipped = True
+            summary.add(result)
+        todo = [p for p in parts if p.name not in committed]
+        results = list(committed.values())
+        try:
+            for result in engine.run(todo, job.settings(fmt, info), backend.portable()):
+                results.append(result)
+                summary.add(result)
+        except KeyboardInterrupt:
+            _close(summary, results, started)
+            error = JobInterrupted(
+                f"interrupted with {summary.parts_done:,} of {len(parts):,} parts committed; "
+                "rerun with --resume to finish",
+                code=grpc.StatusCode.CANCELLED,
+            )
+            error.summary = summary
+            raise error from None
+    finally:
+        engine.close()
     _close(summary, results, started)
     output.end_run()
     if summary.failed:
@@ -259,46 +263,65 @@ def _close(summary: DatasetSummary, results: list[PartResult], started: float) -
     rows_now = sum(r.rows for r in results if not r.skipped and r.error is None)
     summary.rows_per_s = rows_now / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     summary.set_workers(results)
+    summary.driver_peak_rss_mb = peak_rss_mb()
 
 
-def _run_engine(
-    job: DatasetJob, parts: list[Part], settings: PartSettings, backend: Backend
-) -> Iterator[PartResult]:
-    if not parts:
-        return iter(())
+class Engine(Protocol):
+    """Runs parts and yields their results (in any order); `close` releases what it holds."""
+
+    def run(
+        self, parts: list[Part], settings: PartSettings, backend: Backend
+    ) -> Iterator[PartResult]: ...
+
+    def close(self) -> None: ...
+
+
+def open_engine(job: DatasetJob) -> Engine:
+    """The job's engine, ready to run: for Ray, connected to the cluster (or a new local one)."""
     if job.engine == "ray":
-        from vaeserve.client.ray_engine import RayPool, run_parts_on_ray
+        from vaeserve.client.ray_engine import RayEngine, RayPool
 
-        pool = RayPool(
-            address=job.ray_address,
-            workers=job.workers,
-            cpus_per_worker=job.cpus_per_worker or 1.0,
-            gpus_per_worker=job.gpus_per_worker,
-            max_retries=job.max_retries,
-            progress=_show(job.progress),
+        return RayEngine(
+            RayPool(
+                address=job.ray_address,
+                workers=job.workers,
+                cpus_per_worker=job.cpus_per_worker or 1.0,
+                gpus_per_worker=job.gpus_per_worker,
+                max_retries=job.max_retries,
+                progress=_show(job.progress),
+            )
         )
-        return run_parts_on_ray(parts, settings, backend, pool)
     threads = int(job.cpus_per_worker) if job.cpus_per_worker else 0
-    return _run_local(parts, settings, backend, threads, _show(job.progress))
+    return LocalEngine(threads, _show(job.progress))
 
 
-def _run_local(
-    parts: list[Part], settings: PartSettings, backend: Backend, threads: int, progress: bool
-) -> Iterator[PartResult]:
+class LocalEngine:
     """Every part in turn in this process, with a progress bar over parts."""
-    from tqdm import tqdm
 
-    output = DatasetOutput(settings.output, settings.output_format)
-    node = socket.gethostname()
-    with (
-        backend.open(threads) as client,
-        tqdm(total=len(parts), unit="part", disable=not progress, file=sys.stderr) as bar,
-    ):
-        info = client.model_info(settings.model)
-        for part in parts:
-            result = score_part(client, info, part, settings, output, node=node)
-            bar.update(1)
-            yield result
+    def __init__(self, threads: int = 0, progress: bool = False) -> None:
+        self.threads = threads  # onnxruntime threads for in-process scoring; 0: one per core
+        self.progress = progress
+
+    def run(
+        self, parts: list[Part], settings: PartSettings, backend: Backend
+    ) -> Iterator[PartResult]:
+        """Score and commit the parts one by one."""
+        if not parts:
+            return
+        from tqdm import tqdm
+
+        output = DatasetOutput(settings.output, settings.output_format)
+        node = socket.gethostname()
+        bar = tqdm(total=len(parts), unit="part", disable=not self.progress, file=sys.stderr)
+        with backend.open(self.threads) as client, bar:
+            info = client.model_info(settings.model)
+            for part in parts:
+                result = score_part(client, info, part, settings, output, node=node)
+                bar.update(1)
+                yield result
+
+    def close(self) -> None:
+        """Nothing is held between runs."""
 
 
 def _show(progress: bool | None) -> bool:

@@ -267,14 +267,11 @@ class DatasetOutput:
 
     def note_attempt(self, part: Part) -> int:
         """Record an attempt at a part in this run; how many attempts there have been."""
-        folder = self.path(TEMPORARY, "attempts")
+        folder = self.path(TEMPORARY, "attempts", part.name)
         self.fs.create_dir(folder, recursive=True)
-        with self.fs.open_output_stream(f"{folder}/{part.name}.{uuid.uuid4().hex}"):
+        with self.fs.open_output_stream(f"{folder}/{uuid.uuid4().hex}"):
             pass
-        selector = pafs.FileSelector(folder)
-        return sum(
-            1 for i in self.fs.get_file_info(selector) if i.base_name.startswith(part.name + ".")
-        )
+        return len(self.fs.get_file_info(pafs.FileSelector(folder)))
 
     def scratch(self) -> str:
         """A new local folder for one attempt at a part: inside _temporary on a local disk

@@ -23,6 +23,7 @@ class DatasetSummary(JobSummary):
     parts_skipped: int = 0  # committed by an earlier run (or attempt)
     failed: list[dict[str, Any]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
+    driver_peak_rss_mb: float | None = None  # the process that ran the job (VmHWM)
 
     def add(self, result: PartResult) -> None:
         """Count one part's result."""

@@ -127,7 +127,7 @@ def score_part(
         finally:
             reader.close()
         result.seconds = time.monotonic() - started
-        result.peak_rss_mb = _peak_rss_mb()
+        result.peak_rss_mb = peak_rss_mb()
         return output.commit(part, files[0], files[1], result)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -231,7 +231,7 @@ def _chunks(reader: InputReader, part: Part, batch_size: int) -> Iterator[InputC
         raise PartInputError(f"{part.path}: {exc}") from None
 
 
-def _peak_rss_mb() -> float | None:
+def peak_rss_mb() -> float | None:
     """This process's peak resident memory (VmHWM) in MB; None where /proc is not there."""
     try:
         with open("/proc/self/status") as f:

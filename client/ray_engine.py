@@ -42,7 +42,7 @@ from vaeserve.client.part_run import PartSettings, score_part
 class RayPool:
     """Where and how wide the actor pool runs."""
 
-    address: str | None = None  # None: RAY_ADDRESS if set, else a new local instance
+    address: str | None = None  # None: RAY_ADDRESS, a `ray start` cluster here, or new
     workers: int | None = None  # None: the cluster's CPUs / cpus_per_worker
     cpus_per_worker: float = 1.0  # also the onnxruntime threads of in-process actors
     gpus_per_worker: float = 0.0  # in-process actors use the CUDA provider when > 0
@@ -52,10 +52,18 @@ class RayPool:
 
 
 def connect(address: str | None, *, progress: bool = True) -> bool:
-    """Join the Ray cluster at `address` (or RAY_ADDRESS), or start a local instance sized to
-    this machine; True when this call started or joined it (the caller shuts it down).
+    """Join the Ray cluster at `address`, else RAY_ADDRESS, else the cluster `ray start`
+    started on this machine, else start a local instance sized to this machine ('local'
+    always starts one); True when this call started or joined it (the caller shuts it down).
     An already initialised Ray (a user's own program) is used as it is."""
     if ray.is_initialized():
+        joined = ray.get_runtime_context().gcs_address
+        named = address and address not in ("auto", "local") and not address.startswith("ray://")
+        if named and _host_port(address) != _host_port(joined):
+            raise VaeClientError(
+                f"this process is connected to the Ray cluster at {joined} already; it cannot "
+                f"also join {address}"
+            )
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address not in ("auto", "local"):
@@ -74,6 +82,11 @@ def connect(address: str | None, *, progress: bool = True) -> bool:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ray.data.DataContext.get_current().enable_progress_bars = False
     return True
+
+
+def _host_port(address: str) -> tuple[str, str]:
+    host, _, port = address.rpartition(":")
+    return (socket.gethostbyname(host) if host else "127.0.0.1", port)
 
 
 def _check_reachable(address: str) -> None:
@@ -143,22 +156,43 @@ class PartWorker:
         return {"result": np.array([json.dumps(r.to_dict()) for r in results], dtype=object)}
 
 
+class RayEngine:
+    """The dataset job's engine on Ray: connected when made, `run` per batch of parts."""
+
+    def __init__(self, pool: RayPool) -> None:
+        self.pool = pool
+        self.started_here = connect(pool.address, progress=pool.progress)
+
+    def run(
+        self, parts: list[Part], settings: PartSettings, backend: Backend
+    ) -> Iterator[PartResult]:
+        """Score and commit the parts on the cluster; yields each part's result as it comes
+        (in no fixed order)."""
+        if parts:
+            yield from run_parts_on_ray(parts, settings, backend, self.pool)
+
+    def close(self) -> None:
+        """Shut Ray down when this engine started or joined it."""
+        if self.started_here:
+            ray.shutdown()
+            self.started_here = False
+
+
 def run_parts_on_ray(
     parts: list[Part], settings: PartSettings, backend: Backend, pool: RayPool
 ) -> Iterator[PartResult]:
-    """Score and commit the parts on the Ray cluster; yields each part's result as it comes
-    (in no fixed order). Shuts Ray down afterwards when it started or joined it here."""
-    started_here = connect(pool.address, progress=pool.progress)
+    """Score and commit the parts with a pool of PartWorker actors on the Ray cluster this
+    process is connected to; yields each part's result as it comes (in no fixed order)."""
+    size = pool_size(pool, len(parts))
+    in_process = isinstance(backend, InProcessBackend)
+    threads = max(1, int(pool.cpus_per_worker)) if in_process else 0
+    device = "cuda" if in_process and pool.gpus_per_worker > 0 else "cpu"
+    items = [{"part": p.to_json()} for p in parts]
+    context = ray.data.DataContext.get_current()
+    # Start the whole pool before handing out parts, so that work is spread from the start,
+    # and so that a pool the cluster cannot hold is an error, not a wait forever.
+    waited, context.wait_for_min_actors_s = context.wait_for_min_actors_s, pool.start_timeout_s
     try:
-        size = pool_size(pool, len(parts))
-        in_process = isinstance(backend, InProcessBackend)
-        threads = max(1, int(pool.cpus_per_worker)) if in_process else 0
-        device = "cuda" if in_process and pool.gpus_per_worker > 0 else "cpu"
-        items = [{"part": p.to_json()} for p in parts]
-        context = ray.data.DataContext.get_current()
-        # Start the whole pool before handing out parts, so that work is spread from the
-        # start, and so that a pool the cluster cannot hold is an error, not a wait forever.
-        waited, context.wait_for_min_actors_s = context.wait_for_min_actors_s, pool.start_timeout_s
         scored = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             PartWorker,
             fn_constructor_kwargs={
@@ -174,26 +208,22 @@ def run_parts_on_ray(
             num_cpus=pool.cpus_per_worker,
             num_gpus=pool.gpus_per_worker or None,
         )
-        try:
-            for row in scored.iter_rows():
-                yield PartResult.from_dict(json.loads(row["result"]))
-        except VaeClientError:
-            raise
-        except ray.exceptions.GetTimeoutError:
-            raise VaeClientError(
-                f"the Ray cluster did not start {size} workers of {pool.cpus_per_worker:g} CPUs "
-                f"and {pool.gpus_per_worker:g} GPUs within {pool.start_timeout_s} s; it has "
-                f"{_resources()}. Ask for fewer or smaller workers (--workers, "
-                "--cpus-per-worker, --gpus-per-worker)",
-                code=grpc.StatusCode.RESOURCE_EXHAUSTED,
-            ) from None
-        except Exception as exc:
-            raise worker_error(exc) from None
-        finally:
-            context.wait_for_min_actors_s = waited
+        for row in scored.iter_rows():
+            yield PartResult.from_dict(json.loads(row["result"]))
+    except VaeClientError:
+        raise
+    except ray.exceptions.GetTimeoutError:
+        raise VaeClientError(
+            f"the Ray cluster did not start {size} workers of {pool.cpus_per_worker:g} CPUs "
+            f"and {pool.gpus_per_worker:g} GPUs within {pool.start_timeout_s} s; it has "
+            f"{_resources()}. Ask for fewer or smaller workers (--workers, --cpus-per-worker, "
+            "--gpus-per-worker)",
+            code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ) from None
+    except Exception as exc:
+        raise worker_error(exc) from None
     finally:
-        if started_here:
-            ray.shutdown()
+        context.wait_for_min_actors_s = waited
 
 
 def _resources() -> str:

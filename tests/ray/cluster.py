@@ -1,12 +1,15 @@
 """A real two-node Ray cluster on this machine for the tests: `ray start --head` and a second
-`ray start --address ...` with its own resources, both on loopback with their own temp dirs,
-as a multi-machine cluster is started. Stopping it ends exactly the processes it started
-(their process groups and the workers their raylets spawned), never anyone else's Ray."""
+`ray start --address ...` with its own resources, both on loopback with their own temp dirs
+and Ray's token authentication with a token of their own, as a multi-machine cluster is
+started (every process that joins needs `auth_env`). Stopping it ends exactly the processes
+it started (their process groups and the workers their raylets spawned), never anyone else's
+Ray."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,18 +29,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ray_env() -> dict[str, str]:
-    """The environment for Ray processes: no RAY_ADDRESS from outside, no usage stats."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    return env
-
-
 @dataclass
 class RayCluster:
-    """The cluster's GCS address and what it takes to stop it."""
+    """The cluster's GCS address, the authentication environment its processes share, and
+    what it takes to stop it."""
 
     address: str = ""
+    auth_env: dict[str, str] = field(
+        default_factory=lambda: {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    )
     groups: list[int] = field(default_factory=list)  # process groups of the `ray start`s
     temp_dirs: list[str] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
@@ -62,11 +62,22 @@ class RayCluster:
         ]
         with open(log, "w") as out:
             proc = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                start_new_session=True,
             )
         self.groups.append(proc.pid)
         if proc.wait(timeout=180) != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{log.read_text()[-3000:]}")
+
+    def env(self) -> dict[str, str]:
+        """The environment for the cluster's processes: its token, no RAY_ADDRESS from
+        outside, no usage stats."""
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update(self.auth_env, RAY_USAGE_STATS_ENABLED="0")
+        return env
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL, to every process of the cluster's process groups and their

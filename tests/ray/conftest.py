@@ -5,6 +5,7 @@ equal), the exported model folder, and one two-node Ray cluster for the whole se
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,8 +96,11 @@ def reference(
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
     """A two-node Ray cluster (1 CPU each; the second has resource `node2`), stopped at the
-    end of the session whatever happened."""
+    end of the session whatever happened. This process (and the drivers it starts) gets the
+    cluster's token in its environment for as long."""
     cluster = start_two_node_cluster()
+    saved = {k: os.environ.get(k) for k in cluster.auth_env}
+    os.environ.update(cluster.auth_env)
     try:
         yield cluster
     finally:
@@ -104,6 +108,11 @@ def ray_cluster() -> Iterator[RayCluster]:
 
         ray.shutdown()
         cluster.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
