@@ -57,13 +57,6 @@ def connect(address: str | None, *, progress: bool = True) -> bool:
     always starts one); True when this call started or joined it (the caller shuts it down).
     An already initialised Ray (a user's own program) is used as it is."""
     if ray.is_initialized():
-        joined = ray.get_runtime_context().gcs_address
-        named = address and address not in ("auto", "local") and not address.startswith("ray://")
-        if named and _host_port(address) != _host_port(joined):
-            raise VaeClientError(
-                f"this process is connected to the Ray cluster at {joined} already; it cannot "
-                f"also join {address}"
-            )
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address not in ("auto", "local"):
@@ -82,11 +75,6 @@ def connect(address: str | None, *, progress: bool = True) -> bool:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ray.data.DataContext.get_current().enable_progress_bars = False
     return True
-
-
-def _host_port(address: str) -> tuple[str, str]:
-    host, _, port = address.rpartition(":")
-    return (socket.gethostbyname(host) if host else "127.0.0.1", port)
 
 
 def _check_reachable(address: str) -> None:

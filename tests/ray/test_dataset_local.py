@@ -4,6 +4,7 @@ that neither this engine nor the CLI imports Ray."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -13,15 +14,19 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
 from tests.client.helpers import invoke
 from tests.ray.checks import by_file, check_exactly_once, markers, rejected_ids
 from tests.ray.conftest import FILES, NAMES, NAN_ROWS, write_rows
-from vaeserve.client import ConnectionOptions, VaeClientError
+from tests.server.synth import write_synthetic_model
+from vaeserve.client import ConnectionOptions, VaeClient, VaeClientError
 from vaeserve.client.dataset_job import DatasetJob, run_dataset_job
 from vaeserve.client.dataset_summary import DatasetIncomplete
+from vaeserve.client.jobs import ScoreJob, run_score_job
+from vaeserve.server import VaeServer
 
 ALL_IDS = [f"id{i:05d}" for i in range(1797)]
 NAN_IDS = [f"id{i:05d}" for i in NAN_ROWS]
@@ -257,3 +262,52 @@ sys.exit(1 if loaded else 0)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ray modules: []" in proc.stdout
     assert len(markers(tmp_path / "out")) == 4
+
+
+def test_conditional_models_read_their_label_column(tmp_path: Path, cond_server: VaeServer) -> None:
+    """The synthetic conditional model (3 classes) in-process equals the server's copy; rows
+    with unknown labels are rejects, as in the single-file job."""
+    model_dir = write_synthetic_model(
+        tmp_path / "repo", "cond", 1, input_dim=8, latent_dim=2, cond_dim=3, seed=2
+    )
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    labels = np.array(["class0", "class1", "class2", "nope"])
+    for k in range(2):
+        x = rng.normal(size=(300, 8)).astype(np.float32)
+        table = pa.table(
+            {
+                "id": [f"c{k}-{i:03d}" for i in range(300)],
+                **{f"f{j}": x[:, j] for j in range(8)},
+                "label": labels[rng.integers(0, 4, 300)],
+            }
+        )
+        pacsv.write_csv(table, folder / f"c{k}.csv")
+    out = tmp_path / "out"
+    job = DatasetJob(
+        inputs=[str(folder)],
+        output=str(out),
+        id_column="id",
+        condition_column="label",
+        model_dir=str(model_dir),
+    )
+    summary = run_dataset_job(job)
+    assert 0 < summary.rejected < 600 and summary.rejected + summary.scored == 600
+    with VaeClient(f"127.0.0.1:{cond_server.port}") as client:
+        for k in range(2):
+            single = tmp_path / f"single{k}.parquet"
+            run_score_job(
+                client,
+                ScoreJob(
+                    input=str(folder / f"c{k}.csv"),
+                    output=str(single),
+                    id_column="id",
+                    condition_column="label",
+                    progress=False,
+                ),
+            )
+            assert by_file(out)[str(folder / f"c{k}.csv")].equals(pq.read_table(single))
+    with (out / "_rejects.csv").open() as f:
+        reasons = {row["reason"] for row in csv.DictReader(f)}
+    assert reasons == {"unknown condition label in column 'label'"}

@@ -185,6 +185,11 @@ def test_a_killed_worker_is_replaced_and_every_row_is_written_once(
     pids = {r.pid for r in markers(out)}
     assert victim in pids and len(pids) >= 2, "a restarted actor finished the job"
     assert box["summary"].parts_done == KILL_FILES and not box["summary"].failed
+    print(  # the evidence, with pytest -s
+        f"worker {victim} killed with {len(committed)}/{KILL_FILES} parts committed and "
+        f"{len(attempts)} half written; finished by workers {sorted(pids)}; "
+        f"{len(ALL_IDS)} ids once each"
+    )
 
 
 def test_a_killed_driver_resumes_with_every_row_written_once(
@@ -215,7 +220,7 @@ def test_a_killed_driver_resumes_with_every_row_written_once(
     assert left, "the driver died with a part half written"
     orphan = committed[0].pid
     wait_for(lambda: not alive(orphan), 120, "Ray to end the dead driver's worker")
-    check_committed(out, settled=False)  # whatever the dead run left, markers vouch
+    stray = check_committed(out, settled=False)  # whatever the dead run left, markers vouch
 
     job = DatasetJob(
         inputs=[str(ten_files)],
@@ -229,6 +234,12 @@ def test_a_killed_driver_resumes_with_every_row_written_once(
     assert summary.parts_skipped >= len(committed)
     assert summary.parts_done == KILL_FILES
     check_exactly_once(out, ALL_IDS, NAN_IDS)
+    print(  # the evidence, with pytest -s
+        f"driver killed with {len(committed)}/{KILL_FILES} parts committed, {len(left)} half "
+        f"written, {len(stray)} part files without a marker; the resume skipped "
+        f"{summary.parts_skipped} parts and scored {KILL_FILES - summary.parts_skipped}; "
+        f"{len(ALL_IDS)} ids once each"
+    )
 
 
 def test_the_cli_on_ray_reports_a_bad_file_and_finishes_after_it_is_fixed(
