@@ -19,6 +19,13 @@ from typing import Any
 
 import click
 
+from vaeserve.client.cli_dataset import (
+    dataset_options,
+    open_local_model,
+    pop_single_file_options,
+    run_dataset_command,
+    wants_dataset,
+)
 from vaeserve.client.cli_options import (
     connection_options,
     input_options,
@@ -73,7 +80,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("input", type=str)
+@click.argument("inputs", nargs=-1, required=True, type=str)
 @output_options(SCORE_OUTPUT_FORMATS, required=True)
 @input_options
 @click.option("--id-column", help="Input column written as each row's id (default: row number).")
@@ -111,29 +118,41 @@ def cli() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (and checkpoint).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--summary-json", type=click.Path(dir_okay=False), help="Write the summary here.")
+@dataset_options
 @connection_options
 @handle_errors
-def score(input: str, **kwargs: Any) -> None:
-    """Score every row of INPUT (CSV, Parquet, NPY, or '-' for CSV on stdin) into --output.
+def score(inputs: tuple[str, ...], **kwargs: Any) -> None:
+    """Score every row of INPUTS into --output: one file (CSV, Parquet, NPY, or '-' for CSV on
+    stdin) into an output file, or a dataset into an output folder.
 
     Rows stream in chunks, so memory stays bounded whatever the file size; output is written in
     input order as answers arrive. Rows that cannot be scored (missing or non-finite values,
     malformed CSV lines, batches the server rejects) go to the rejects file with the reason.
     An interrupted job (Ctrl-C, server restart, network drop) continues with --resume and ends
     with every row exactly once in the output or the rejects file.
+
+    A dataset (a folder, a glob, several files or @LIST of CSV / Parquet files, local or by
+    filesystem URI such as s3://) gets one output file per input file (or --rows-per-part
+    part) in the --output folder, each committed whole, on this process or with --engine ray
+    on a Ray cluster. --model-dir (or --model-repo) scores in-process without a server.
     """
     options = pop_connection(kwargs)
     quiet, summary_json = kwargs.pop("quiet"), kwargs.pop("summary_json")
-    job = ScoreJob(
-        input=input,
-        columns=parse_columns(kwargs.pop("columns")),
-        score=kwargs.pop("score_kind"),
-        progress=False if quiet else None,
-        **kwargs,
-    )
+    kwargs["columns"] = parse_columns(kwargs.pop("columns"))
+    kwargs["score"] = kwargs.pop("score_kind")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with VaeClient.from_options(options) as client:
+        if wants_dataset(inputs, kwargs["engine"]):
+            run_dataset_command(inputs, kwargs, options, quiet=quiet, summary_json=summary_json)
+            return
+        local = pop_single_file_options(kwargs)
+        job = ScoreJob(input=inputs[0], progress=False if quiet else None, **kwargs)
+        if local["model_dir"] or local["model_repo"]:
+            threads = int(local["cpus_per_worker"] or 0)
+            client = open_local_model(local["model_dir"], local["model_repo"], job.model, threads)
+        else:
+            client = VaeClient.from_options(options)
+        with client:
             summary = run_score_job(client, job)
     finally:
         signal.signal(signal.SIGTERM, previous)

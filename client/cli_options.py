@@ -59,7 +59,10 @@ def output_options(
     if required:
         suffixes = ", ".join(f".{f}" for f in formats)
         output = click.option(
-            "--output", "-o", required=True, help=f"Output file ({suffixes}) or '-'."
+            "--output",
+            "-o",
+            required=True,
+            help=f"Output file ({suffixes}) or '-'; a folder for a dataset.",
         )
     else:
         output = click.option(

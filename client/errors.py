@@ -21,6 +21,10 @@ class VaeClientError(Exception):
         self.code = code
         self.details = details or message
 
+    def __reduce__(self) -> tuple:
+        # Keep code and details when pickled (errors raised in Ray workers travel this way).
+        return (type(self), (self.message, self.code, self.details), self.__dict__)
+
     @property
     def code_name(self) -> str:
         """The status code's name, e.g. 'UNAVAILABLE', or 'CLIENT' for client-side errors."""

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from vaeserve.client.columns import ColumnSelection, short_list
 from vaeserve.client.errors import VaeClientError
+from vaeserve.client.filesystems import file_size, is_uri, open_input_file, open_input_stream
 
 INPUT_FORMATS = ("csv", "parquet", "npy")
 _SUFFIXES = {
@@ -100,10 +101,12 @@ class InputReader:
         self.size_bytes: int | None = None
 
     def _require_file(self) -> None:
-        """Clear error for a missing input; records its size for progress."""
-        if not os.path.isfile(self.path):
+        """Clear error for a missing input (a local path or a filesystem URI); records its
+        size for progress."""
+        size = file_size(self.path)
+        if size is None:
             raise VaeClientError(f"{self.path}: no such file")
-        self.size_bytes = os.path.getsize(self.path)
+        self.size_bytes = size
 
     def chunks(
         self, batch_size: int, skip_rows: int = 0, skip_malformed: int = 0
@@ -167,7 +170,7 @@ class CsvReader(InputReader):
         if self._stdin is not None:
             raw = self._stdin.readline()
         else:
-            with pa.input_stream(self.path, compression="detect") as stream:
+            with open_input_stream(self.path) as stream:
                 raw = b""
                 while b"\n" not in raw:
                     block = stream.read(1 << 16)
@@ -250,7 +253,7 @@ class CsvReader(InputReader):
             source: Any = _Incremental(self._stdin)
         else:
             try:
-                source = pa.input_stream(self.path, compression="detect")
+                source = open_input_stream(self.path)
             except OSError as exc:
                 raise VaeClientError(f"{self.where}: {exc}") from None
         header_pending = self._stdin is None
@@ -404,7 +407,8 @@ class ParquetReader(InputReader):
         super().__init__(path)
         self._require_file()
         try:
-            self._file = pq.ParquetFile(path, buffer_size=64 << 10, pre_buffer=False)
+            self._source = open_input_file(path)
+            self._file = pq.ParquetFile(self._source, buffer_size=64 << 10, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as exc:
             raise VaeClientError(f"{path}: not a readable Parquet file ({exc})") from None
         schema = self._file.schema_arrow
@@ -475,6 +479,8 @@ class ParquetReader(InputReader):
     def close(self) -> None:
         """Close the Parquet file."""
         self._file.close()
+        if not isinstance(self._source, str):
+            self._source.close()
 
 
 def _numeric(t: pa.DataType) -> bool:
@@ -501,6 +507,8 @@ class NpyReader(InputReader):
             raise VaeClientError(
                 f"{path}: {option} needs a CSV or Parquet input; an NPY file has no named columns"
             )
+        if is_uri(path):
+            raise VaeClientError(f"{path}: NPY input is read from local files only")
         self._require_file()
         self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
         try:
