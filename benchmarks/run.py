@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,17 @@ from benchmarks.throughput_report import markdown_tables as throughput_tables
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "results.json"
 DEFAULT_MARKDOWN = ROOT / "BENCHMARKS.md"
+RESULTS = ROOT / "benchmarks" / "results"
+#: Benchmarks with a command of their own (too long or too specific for every run): each writes
+#: RESULTS/NAME.json and the section RESULTS/NAME.md that BENCHMARKS.md carries after this run's.
+SEPARATE = (
+    ("worst_request", "python -m benchmarks.worst_request --baseline REV"),
+    ("fuzz", "python -m benchmarks.fuzz --cases 100000"),
+    ("install_sizes", "python -m benchmarks.install_sizes"),
+    ("ray_batch", "python -m benchmarks.ray_batch"),
+    ("monitoring", "python -m benchmarks.monitoring"),
+    ("tracing_cost", "python -m benchmarks.tracing_cost"),
+)
 
 
 def _machine_section(machine: dict[str, Any], loads: dict[str, Any]) -> str:
@@ -84,7 +96,27 @@ def render(results: dict[str, Any]) -> str:
         lines.append(quality_tables(results["quality"]))
     else:
         lines += [results.get("quality_note") or "Not run.", ""]
+    lines += _separate_sections(RESULTS)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _separate_sections(folder: Path) -> list[str]:
+    """The sections of the benchmarks that run on their own (this command does not rerun them)."""
+    lines = [
+        "# Separate benchmarks",
+        "",
+        "Each of these has a command of its own and ran at another time than the sections above; "
+        "its section says what it measured, and its JSON next to it holds the raw numbers.",
+        "",
+    ]
+    found = False
+    for name, command in SEPARATE:
+        md = folder / f"{name}.md"
+        if not md.exists():
+            continue
+        found = True
+        lines += [f"<!-- {name}: `{command}` -->", md.read_text().strip(), ""]
+    return lines if found else []
 
 
 def run(
@@ -136,7 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep trained models and files here")
     parser.add_argument("--output", type=Path, default=DEFAULT_JSON, help="results JSON")
     parser.add_argument("--markdown", type=Path, default=DEFAULT_MARKDOWN, help="report")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the report from the results JSON and the separate sections; run nothing",
+    )
     args = parser.parse_args(argv)
+    if args.render_only:
+        args.markdown.write_text(render(json.loads(args.output.read_text())))
+        log(f"wrote {args.markdown} from {args.output}")
+        return 0
     results = run(
         quick=args.quick,
         throughput=not args.no_throughput,
