@@ -42,7 +42,7 @@ def score_folder(model_dir: Path, data: Path, out: Path, batch_size: int) -> dic
                 x = np.column_stack(
                     [batch.column(n).to_numpy(zero_copy_only=False) for n in features]
                 ).astype(np.float32, copy=False)
-                kl, _, recon, elbo = session.run(None, {"x": np.ascontiguousarray(x)})
+                kl, recon, elbo = session.run(_OUTPUTS, {"x": np.ascontiguousarray(x)})
                 writer.write_table(
                     pa.Table.from_arrays([batch.column("id"), kl, recon, elbo], schema=_SCHEMA)
                 )
@@ -51,6 +51,7 @@ def score_folder(model_dir: Path, data: Path, out: Path, batch_size: int) -> dic
     return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
 
 
+_OUTPUTS = ["kl", "recon_nll", "neg_elbo"]
 _SCHEMA = pa.schema(
     [
         pa.field("id", pa.int64()),

@@ -160,7 +160,7 @@ def run_ray_batch(config: RayBatchConfig, workdir: Path) -> dict[str, Any]:
     )
     log(f"dataset: {dataset['rows']:,} rows x {dataset['features']} in {dataset['files']} files")
     os.environ.pop("RAY_ADDRESS", None)  # each Ray run starts its own local Ray
-    server = ServerProcess(workdir / "repo", workdir / "server.log", "cpu")
+    server = ServerProcess(workdir / "repo", device="cpu", log_file=workdir / "server.log")
     results: dict[str, Any] = {}
     try:
         for name, what, args in systems(config):
