@@ -76,7 +76,6 @@ class SpanRecord:
         "messages",
         "model",
         "noted",
-        "request_id",
         "rpc",
         "span",
         "stream",
@@ -90,14 +89,12 @@ class SpanRecord:
         span: trace.Span,
         context: otel_context.Context,
         rpc: str,
-        request_id: str,
         stream: SpanRecord | None = None,
     ) -> None:
         self.tracer = tracer
         self.span = span
         self.context = context  # the OpenTelemetry context with this span current
         self.rpc = rpc
-        self.request_id = request_id
         self.stream = stream
         # a message starts with the model its stream last resolved (a Score stream pins it)
         self.model = stream.model if stream is not None else ""
@@ -122,14 +119,12 @@ class SpanRecord:
         index = self.messages
         self.messages += 1
         span = self.tracer.start_span(
-            f"{self.rpc} message",
-            context=self.context,
-            attributes={"vaeserve.message": index, "vaeserve.request_id": self.request_id},
+            f"{self.rpc} message", context=self.context, attributes={"vaeserve.message": index}
         )
         if not span.is_recording():
             return None
         context = trace.set_span_in_context(span, self.context)
-        return SpanRecord(self.tracer, span, context, self.rpc, self.request_id, stream=self)
+        return SpanRecord(self.tracer, span, context, self.rpc, stream=self)
 
     def run(self, start: Callable[[], T]) -> T:
         """Call `start` (which creates the message's task) with this record's span current, so
@@ -183,7 +178,7 @@ class TracingLayer:
             },
         )
         ctx = trace.set_span_in_context(span, parent)
-        record = SpanRecord(self.tracer, span, ctx, rpc, rid) if span.is_recording() else None
+        record = SpanRecord(self.tracer, span, ctx, rpc) if span.is_recording() else None
         span_context = span.get_span_context()
         if info is not None and span_context.is_valid:
             info.trace_id = format_trace_id(span_context.trace_id)
@@ -267,11 +262,7 @@ def record_batch(
             "batcher.wait",
             context=record.context,
             start_time=int(item.queued_at * 1e9) + offset_ns,
-            attributes={
-                **record.model_attributes(),
-                "vaeserve.graph": graph,
-                "vaeserve.rows": item.rows,
-            },
+            attributes={"vaeserve.graph": graph, "vaeserve.rows": item.rows},
             links=to_run,
         )
         wait.end(end_time=started_ns)
