@@ -13,11 +13,14 @@ on builtin:digits, one epoch: speed does not depend on the fit):
 - `unsampled`: the same with OTEL_TRACES_SAMPLER=always_off: the stream span is made but
   records nothing, so no message, wait or run spans.
 
-Each run sends `--messages` ScoreRequests of B rows on one stream (raw stub, so client-side
+Each run sends `--messages-B` ScoreRequests of B rows on one stream (raw stub, so client-side
 tracing is not in the figure) and times it to the last answer; runs are interleaved over
 servers and batch sizes with the order rotated each repeat, and each point is the median of
 `--repeats`. All four servers stay up (idle while another is measured); the machine's other
-work shifts all of them alike, which is why the figures to read are the ratios.
+work shifts all of them alike, which is why the figures to read are the ratios. Each run also
+reads the server's CPU time (/proc) from its start to 1 s after its last answer (the `on`
+servers export within 0.5 s, OTEL_BSP_SCHEDULE_DELAY=500), so the server CPU per message,
+which other load disturbs far less than wall time, says what tracing adds.
 
     python -m benchmarks.tracing_cost [--baseline REV] [--repeats 7]
 """
@@ -40,6 +43,7 @@ from typing import Any
 import grpc
 
 from benchmarks.machine import machine_description
+from benchmarks.procfs import process_cpu_seconds
 from benchmarks.record import results_record, write_results
 from benchmarks.revisions import unpack_revision
 from benchmarks.server_process import ServerProcess
@@ -89,18 +93,27 @@ def server_env(config: str, sink_port: int) -> dict[str, str]:
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}",
         "OTEL_TRACES_SAMPLER": "always_on" if config == "on" else "always_off",
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
     }
 
 
-def run_stream(client: Client, messages: list[Any]) -> float:
-    """Send the messages on one Score stream; rows/s to the last answer."""
+SETTLE_S = 1.0  # after a run, before its server's CPU time is read: its spans are exported
+
+
+def run_stream(client: Client, messages: list[Any], pid: int | None = None) -> tuple[float, float]:
+    """Send the messages on one Score stream: rows/s to the last answer, and (with the
+    server's `pid`) its CPU microseconds per message to SETTLE_S after that."""
     rows = sum(m.rows.shape[0] for m in messages)
+    cpu0 = process_cpu_seconds(pid) if pid else 0.0
     t0 = time.perf_counter()
     answers = client.score(messages)
     seconds = time.perf_counter() - t0
     if any(a.HasField("error") for a in answers):
         raise RuntimeError("the server answered an error")
-    return rows / seconds
+    if not pid:
+        return rows / seconds, 0.0
+    time.sleep(SETTLE_S)
+    return rows / seconds, (process_cpu_seconds(pid) - cpu0) / len(messages) * 1e6
 
 
 def measure(
@@ -117,6 +130,7 @@ def measure(
     }
     clients = {name: Client(s.target) for name, s in servers.items()}
     runs: dict[int, dict[str, list[float]]] = {b: {c: [] for c in servers} for b in sizes}
+    cpu: dict[int, dict[str, list[float]]] = {b: {c: [] for c in servers} for b in sizes}
     spans_before = sink.spans
     try:
         for c in clients.values():  # warm up every server at every size
@@ -127,7 +141,9 @@ def measure(
             for b in sizes:
                 order = names[i % len(names) :] + names[: i % len(names)]
                 for name in order:
-                    runs[b][name].append(run_stream(clients[name], messages[b]))
+                    rate, cpu_us = run_stream(clients[name], messages[b], servers[name].proc.pid)
+                    runs[b][name].append(rate)
+                    cpu[b][name].append(cpu_us)
             print(f"repeat {i + 1}/{repeats} done", file=sys.stderr, flush=True)
     finally:
         for c in clients.values():
@@ -139,10 +155,13 @@ def measure(
             name: {
                 "rows_per_s_median": round(statistics.median(r)),
                 "runs": [round(v) for v in r],
+                "server_cpu_us_per_message_median": round(statistics.median(cpu[b][name]), 1),
+                "server_cpu_us_per_message": [round(v, 1) for v in cpu[b][name]],
             }
             for name, r in per.items()
         }
         point["ratios"] = ratios(per)
+        point["cpu_ratios"] = ratios(cpu[b])
         point["messages_per_run"] = sizes[b]
         out[str(b)] = point
     out["spans_exported"] = sink.spans - spans_before
@@ -193,6 +212,24 @@ def markdown(results: dict[str, Any]) -> str:
         for key in ("off/before", "on/off", "unsampled/off"):
             r = p["ratios"].get(key)
             cells.append(f"{r['median_ratio']} ({r['min']}-{r['max']})" if r else "-")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += [
+        "",
+        "Server CPU per message (µs, median; the server process's user + system time from a "
+        "run's start to 1 s after its last answer, divided by its messages):",
+        "",
+        "| rows per message | before | off | on | unsampled | off / before | on / off | "
+        "unsampled / off | on − off |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b in sizes:
+        p = m[b]
+        med = {c: p[c]["server_cpu_us_per_message_median"] for c in CONFIGS if c in p}
+        cells = [b] + [f"{med[c]:,}" if c in med else "-" for c in CONFIGS]
+        for key in ("off/before", "on/off", "unsampled/off"):
+            r = p["cpu_ratios"].get(key)
+            cells.append(f"{r['median_ratio']} ({r['min']}-{r['max']})" if r else "-")
+        cells.append(f"+{med['on'] - med['off']:,.0f} µs" if "on" in med and "off" in med else "-")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += [
         "",
