@@ -146,3 +146,24 @@ def test_vae_client_traces_from_otel_variables(spans: Spans, traced, tmp_path: P
     (served,) = spans.wait_for("vae.v1.VaeService/ModelInfo")
     assert f"0x{hex_trace_id(served)}" == call["context"]["trace_id"]
     assert f"0x{hex_span_id(served.parent.span_id)}" == call["context"]["span_id"]
+
+
+@pytest.mark.slow
+def test_vae_client_without_the_extra_works_and_says_so_once(traced) -> None:
+    script = (
+        "import sys; sys.modules['opentelemetry'] = None; "
+        "from vaeserve.client.cli import main; sys.argv[0] = 'vae-client'; main()"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VAECLIENT_"))}
+    env.update(OTEL_TRACES_EXPORTER="otlp")
+    target = f"127.0.0.1:{traced[0].port}"
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", script, "health", "--server", target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0 and "SERVING" in result.stdout, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pip install 'vaeserve[tracing]'" in lines[0], lines
