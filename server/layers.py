@@ -72,7 +72,7 @@ class ObservabilityLayer:
         code: grpc.StatusCode | None = None
         try:
             yield info
-            code = context.code()
+            code = ended_code(context)
         except BaseException as exc:
             code = call_code(exc, context)
             raise
@@ -109,6 +109,15 @@ def _log_access(
         fields["message_errors"] = info.errors
     text = " ".join(f"{k}={v}" for k, v in fields.items() if k != "method")
     access_log.info("%s %s", "stream" if streaming else "call", text, extra={"fields": fields})
+
+
+def ended_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
+    """The status a call ends with when its servicer returned: CANCELLED when the peer went
+    away meanwhile (a cancelled stream's reads can end as if the client had closed them)."""
+    code = context.code()
+    if code is None and context.cancelled():
+        return grpc.StatusCode.CANCELLED
+    return code
 
 
 def call_code(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:

@@ -28,7 +28,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, format_trace_id
 
 from vaeserve.server.call_context import CallInfo, current_call
-from vaeserve.server.layers import HEALTH_PREFIX, call_code
+from vaeserve.server.layers import HEALTH_PREFIX, call_code, ended_code
 from vaeserve.server.tracing import _CURRENT, BatchItem
 
 T = TypeVar("T")
@@ -187,13 +187,17 @@ class TracingLayer:
         code: grpc.StatusCode | None = None
         try:
             yield
-            code = context.code()
+            code = ended_code(context)
         except BaseException as exc:
             code = call_code(exc, context)
             raise
         finally:
-            _CURRENT.reset(current)
-            otel_context.detach(token)
+            try:
+                _CURRENT.reset(current)
+            except ValueError:
+                pass  # a cancelled stream ends in another context: nothing to restore there
+            else:
+                otel_context.detach(token)
             if record is not None:
                 end_span(span, code, _call_attributes(record, info, streaming))
 
