@@ -15,6 +15,7 @@ import grpc
 
 from vaeserve.client.errors import VaeClientError
 from vaeserve.client.options import CertSource, ConnectionOptions
+from vaeserve.client.tracing import traced_channel
 
 #: Statuses worth another attempt: the server or the network is away for a moment.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
@@ -24,7 +25,8 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def open_channel(options: ConnectionOptions) -> grpc.Channel:
-    """A lazily connected channel; TLS when `tls` or any certificate is given."""
+    """A lazily connected channel; TLS when `tls` or any certificate is given. Each call sends
+    the caller's OpenTelemetry trace context when there is one (client/tracing.py)."""
     if (options.client_cert is None) != (options.client_key is None):
         raise VaeClientError("a client certificate needs its key and the key its certificate")
     max_bytes = options.max_message_bytes
@@ -49,8 +51,8 @@ def open_channel(options: ConnectionOptions) -> grpc.Channel:
             private_key=_read(options.client_key),
             certificate_chain=_read(options.client_cert),
         )
-        return grpc.secure_channel(options.target, credentials, options=args)
-    return grpc.insecure_channel(options.target, options=args)
+        return traced_channel(grpc.secure_channel(options.target, credentials, options=args))
+    return traced_channel(grpc.insecure_channel(options.target, options=args))
 
 
 def call_metadata(token: str | None) -> Metadata:

@@ -42,6 +42,7 @@ from vaeserve.client.library import VaeClient
 from vaeserve.client.models import format_model
 from vaeserve.client.options import ENV_PREFIX
 from vaeserve.client.score_stream import FEEDER_THREAD
+from vaeserve.client.tracing import configure_from_environment as configure_tracing
 from vaeserve.client.transforms import (
     PATHS,
     interpolate_file,
@@ -336,7 +337,9 @@ def health(service: str, **kwargs: Any) -> None:
 
 
 def main() -> None:
-    """Console entry point: VAECLIENT_<COMMAND>_<OPTION> variables fill unset options."""
+    """Console entry point: VAECLIENT_<COMMAND>_<OPTION> variables fill unset options; the
+    OTEL_* variables turn on tracing (client/tracing.py)."""
+    configure_tracing()
     try:
         cli(auto_envvar_prefix=ENV_PREFIX)
     except SystemExit as exc:

@@ -6,7 +6,9 @@ the graph once in a thread and splits the outputs (batch axis 0) back to the cal
 call runs, new requests queue up, so under load calls merge even with a zero delay. A request
 whose caller went away (cancelled, deadline passed) before its call starts is dropped.
 An optional BatchObserver hears of every graph call: its rows, merged requests, how long each
-request queued and how long the call took (the server's Prometheus metrics use it).
+request queued and how long the call took (the server's Prometheus metrics use it). A request
+made inside a traced call carries that call's span record; a graph call with such requests
+times its onnxruntime run and reports both to server/tracing.py.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from vaeserve.server import tracing
 from vaeserve.server.sessions import GraphRunner
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class _Item:
     future: asyncio.Future = field(repr=False)
     release: bool = False  # free the graph's spare memory after the call
     queued_at: float = field(default_factory=time.perf_counter)
+    trace: Any = None  # the caller's span record (server/tracing.py); None: not traced
 
 
 class _Lane:
@@ -121,7 +125,7 @@ class DynamicBatcher:
         if lane is None:
             cap = self.max_rows if max_rows is None else min(self.max_rows, max_rows)
             lane = self._lanes[key] = _Lane(max(1, cap))
-        item = _Item(feeds, rows, loop.create_future(), release=release)
+        item = _Item(feeds, rows, loop.create_future(), release=release, trace=tracing.current())
         # a caller that goes away wakes the worker so it can drop the request at once
         item.future.add_done_callback(lambda _: lane.wakeup.set())
         lane.pending.append(item)
@@ -208,6 +212,10 @@ class DynamicBatcher:
         run = self.runner.run
         if any(i.release for i in batch):
             run = functools.partial(self.runner.run, shrink=True)
+        traced = any(i.trace is not None for i in batch)
+        timing = [0, 0]  # the onnxruntime run's start and end (time_ns), when traced
+        if traced:
+            run = functools.partial(_timed, run, timing)
         started = time.perf_counter()
         try:
             if self._inline(rows, feeds):
@@ -229,6 +237,10 @@ class DynamicBatcher:
                 item.future.cancel()
             raise
         except Exception as exc:
+            if traced:
+                tracing.record_batch(
+                    self.runner.name, self.runner.device, batch, started, timing, exc
+                )
             if len(batch) > 1:  # one request must not fail the others: retry them one by one
                 log.warning(
                     "graph %s failed on %d merged requests (%s); retrying them singly",
@@ -243,6 +255,8 @@ class DynamicBatcher:
             if not batch[0].future.done():
                 batch[0].future.set_exception(exc)
             return
+        if traced:
+            tracing.record_batch(self.runner.name, self.runner.device, batch, started, timing)
         if len(batch) == 1:
             if not batch[0].future.done():
                 batch[0].future.set_result(outputs)
@@ -252,3 +266,16 @@ class DynamicBatcher:
         for n, item in enumerate(batch):
             if not item.future.done():
                 item.future.set_result({k: parts[n] for k, parts in split.items()})
+
+
+def _timed(
+    run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]],
+    timing: list[int],
+    feeds: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """`run(feeds)`, noting its start and end (time_ns) in `timing` for its span."""
+    timing[0] = time.time_ns()
+    try:
+        return run(feeds)
+    finally:
+        timing[1] = time.time_ns()

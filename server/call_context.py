@@ -30,6 +30,7 @@ class CallInfo:
     messages: int = 0
     errors: int = 0
     started: float = field(default_factory=time.perf_counter)
+    trace_id: str = ""  # the OpenTelemetry trace id (32 hex digits) when the call is traced
 
 
 _CALL: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from vaeserve.server import validation
+from vaeserve.server import tracing, validation
 from vaeserve.server.call_context import note_call
 from vaeserve.server.errors import RequestError
 from vaeserve.server.memory import release_memory
@@ -122,6 +122,7 @@ class DataPlane:
         """Resolve a model (version 0: newest) and note it on the current call."""
         model = self.repo.get(name, version)
         note_call(model=model.name)
+        tracing.note_model(model.name, model.version)
         return model
 
     def models(self) -> dict[str, list[int]]:

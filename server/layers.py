@@ -1,5 +1,6 @@
 """The built-in call layers (see server/interception.py), outermost first: observe the call
-(request id, metrics, access log), check its bearer token, and cap the streams open at once."""
+(request id, metrics, access log), trace it (when OpenTelemetry tracing is configured,
+server/spans.py), check its bearer token, and cap the streams open at once."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from vaeserve.server import tracing
 from vaeserve.server.call_context import REQUEST_ID_HEADER, CallInfo, begin_call, request_id_from
 from vaeserve.server.interception import Layer
 from vaeserve.server.metrics import Metrics, code_name
@@ -29,6 +31,9 @@ def builtin_layers(
 ) -> list[Layer]:
     """The layers every call runs in, outermost first (raises SecurityError on bad tokens)."""
     layers: list[Layer] = [ObservabilityLayer(metrics, settings.access_log)]
+    tracing_layer = tracing.tracing_layer()  # None unless OTEL_* configure tracing
+    if tracing_layer is not None:
+        layers.append(tracing_layer)
     if settings.token_auth:
         layers.append(AuthLayer(TokenStore(settings), metrics, open_health=settings.open_health))
     layers.append(stream_limit)
@@ -67,9 +72,9 @@ class ObservabilityLayer:
         code: grpc.StatusCode | None = None
         try:
             yield info
-            code = context.code()
+            code = ended_code(context)
         except BaseException as exc:
-            code = _code_of(exc, context)
+            code = call_code(exc, context)
             raise
         finally:
             seconds = time.perf_counter() - info.started
@@ -106,7 +111,17 @@ def _log_access(
     access_log.info("%s %s", "stream" if streaming else "call", text, extra={"fields": fields})
 
 
-def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+def ended_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
+    """The status a call ends with when its servicer returned: CANCELLED when the peer went
+    away meanwhile (a cancelled stream's reads can end as if the client had closed them)."""
+    code = context.code()
+    if code is None and context.cancelled():
+        return grpc.StatusCode.CANCELLED
+    return code
+
+
+def call_code(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status a call ends with when its servicer raised `exc`."""
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):  # the peer went away
         return grpc.StatusCode.CANCELLED
     return context.code() or grpc.StatusCode.UNKNOWN

@@ -8,16 +8,20 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from vaeserve.server.call_context import current_request_id
+from vaeserve.server.call_context import current_call
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` (the current call's, or None) to every record."""
+    """Adds `request_id` (the current call's, or None) to every record, and `trace_id` when
+    the call is traced (JSON lines then carry it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Always passes the record on."""
         if not hasattr(record, "request_id"):
-            record.request_id = current_request_id()
+            info = current_call()
+            record.request_id = info.request_id if info is not None else None
+            if info is not None and info.trace_id:
+                record.trace_id = info.trace_id
         return True
 
 

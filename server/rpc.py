@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from vaeserve.server import tracing
 from vaeserve.server.call_context import current_request_id
 from vaeserve.server.dataplane import DataPlane
 from vaeserve.server.errors import RequestError
@@ -114,6 +115,7 @@ class RequestStream(Generic[Req, Resp]):
     A message that would take the rows received but not yet answered over
     `max_inflight_rows` (0: no limit) is answered RESOURCE_EXHAUSTED without being run.
     Reading stops while `depth` messages are queued (back-pressure), so memory stays bounded.
+    When the stream is traced, each message runs in its own span (server/spans.py).
     """
 
     def __init__(
@@ -132,9 +134,11 @@ class RequestStream(Generic[Req, Resp]):
         self.max_inflight_rows = max_inflight_rows
         self.metrics = metrics
         self.inflight_rows = 0
+        self.trace = tracing.current()  # the stream's span record; None: not traced
 
-    def _begin(self, msg: Req) -> tuple[asyncio.Future, int, float]:
+    def _begin(self, msg: Req) -> tuple[asyncio.Future, int, float, Any]:
         t0 = time.perf_counter()
+        span = self.trace.message() if self.trace is not None else None
         n = max(0, int(self.rows(msg)))
         cap = self.max_inflight_rows
         if cap and self.inflight_rows + n > cap:
@@ -146,13 +150,15 @@ class RequestStream(Generic[Req, Resp]):
                 limit="max_stream_inflight_rows",
             )
             self.metrics.rejected(err)
-            return done(self.reject(msg, err)), 0, t0
+            return done(self.reject(msg, err)), 0, t0, span
         self.inflight_rows += n
-        return asyncio.ensure_future(self.start(msg)), n, t0
+        if span is not None:
+            return span.run(lambda: asyncio.ensure_future(self.start(msg))), n, t0, span
+        return asyncio.ensure_future(self.start(msg)), n, t0, span
 
     async def run(self, requests: AsyncIterator[Req]) -> AsyncIterator[Resp]:
         """Read `requests`, yield one response per message in order."""
-        queue: asyncio.Queue[tuple[asyncio.Future, int, float] | None] = asyncio.Queue(
+        queue: asyncio.Queue[tuple[asyncio.Future, int, float, Any] | None] = asyncio.Queue(
             maxsize=self.depth
         )
         read_error: list[BaseException] = []
@@ -168,23 +174,31 @@ class RequestStream(Generic[Req, Resp]):
             await queue.put(None)
 
         reader_task = asyncio.create_task(reader(), name="stream-reader")
+        waiting = None  # the span of the message being awaited, ended if the stream breaks
         try:
             while True:
                 item = await queue.get()
                 if item is None:
                     break
-                fut, n, t0 = item
+                fut, n, t0, waiting = item
                 answer: Answer[Resp] = await fut
                 self.metrics.observe_stream_message(
                     answer.model, answer.code, answer.rows, time.perf_counter() - t0
                 )
+                if waiting is not None:
+                    waiting.end_message(answer.model, answer.rows, answer.code)
+                    waiting = None
                 yield answer.response
                 self.inflight_rows -= n
             if read_error:
                 raise read_error[0]
         finally:
             reader_task.cancel()
+            if waiting is not None:
+                waiting.end_message("", 0, grpc.StatusCode.CANCELLED)
             while not queue.empty():
                 item = queue.get_nowait()
                 if item is not None:
                     item[0].cancel()
+                    if item[3] is not None:
+                        item[3].end_message("", 0, grpc.StatusCode.CANCELLED)
