@@ -67,8 +67,10 @@ class Checkpoint(ScoreCounts):
         _write_checkpoint(path, self)
 
     def changed(self, fingerprint: dict[str, Any]) -> list[str]:
-        """The fingerprint keys whose values differ from the checkpoint's job."""
-        return [k for k, v in fingerprint.items() if self.job.get(k) != v]
+        """The fingerprint keys whose values differ from the checkpoint's job (a key only one
+        of them has differs too)."""
+        keys = sorted(set(self.job) | set(fingerprint))
+        return [k for k in keys if self.job.get(k) != fingerprint.get(k)]
 
 
 def _write_checkpoint(path: str, ckpt: Checkpoint) -> None:

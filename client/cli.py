@@ -35,12 +35,20 @@ from vaeserve.client.cli_options import (
 )
 from vaeserve.client.columns import parse_columns
 from vaeserve.client.conditions import condition_rows
+from vaeserve.client.drift_check import DriftJob, file_drift
+from vaeserve.client.drift_output import (
+    DRIFT_OUTPUT_FORMATS,
+    format_file,
+    format_window,
+    window_writer,
+)
 from vaeserve.client.errors import VaeClientError
 from vaeserve.client.job_summary import JobInterrupted, print_summary
 from vaeserve.client.jobs import SCORE_OUTPUT_FORMATS, ScoreJob, run_score_job
 from vaeserve.client.library import VaeClient
 from vaeserve.client.models import format_model
 from vaeserve.client.options import ENV_PREFIX
+from vaeserve.client.results import DriftReport
 from vaeserve.client.score_stream import FEEDER_THREAD
 from vaeserve.client.tracing import configure_from_environment as configure_tracing
 from vaeserve.client.transforms import (
@@ -112,6 +120,15 @@ def cli() -> None:
     envvar="VAECLIENT_SCORE_PER_DIM_KL",
     is_flag=True,
     help="Add kl_dim_0.. columns (KL of each latent).",
+)
+@click.option(
+    "--explain",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="K",
+    help="Add each row's top K features: top_feature_i (name), top_nll_i (its reconstruction "
+    "NLL, nats), top_excess_i (above its validation mean), top_value_i, top_reconstruction_i.",
 )
 @click.option("--keep-columns", is_flag=True, help="Copy every input column into the output.")
 @click.option("--rejects", help="Where rejected rows go (default: OUT stem + .rejects.csv).")
@@ -319,8 +336,97 @@ def info(**kwargs: Any) -> None:
         f"score        {mi.default_score}",
         "thresholds   " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(mi.thresholds.items())),
         f"features     {shown}",
+        f"explain      {'yes (score --explain K)' if mi.explain else 'no'}",
+        "drift        "
+        + (f"window of {mi.drift_window_rows:,} rows" if mi.drift_window_rows else "no window"),
     ]
+    if mi.unavailable:
+        lines.append(f"unavailable  {mi.unavailable}")
     click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.argument("input", required=False, type=str)
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Rows per window: each run of this many consecutive rows is tested on its own.",
+)
+@click.option(
+    "--fail-on-drift",
+    "fail_alpha",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    metavar="ALPHA",
+    help="Exit 3 when the p-value (the whole file's, or the server window's) is below ALPHA; "
+    "ALPHA is also the level windows count as drifted at (default 0.01).",
+)
+@click.option("--output", "-o", help="Write the per-window table here (.csv, .parquet, .jsonl).")
+@click.option("--format", "output_format", type=click.Choice(DRIFT_OUTPUT_FORMATS))
+@input_options
+@click.option("--condition-column", help="Class-label column for conditional models.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--model-dir", help="Encode in-process with this exported model (REPO/NAME/VERSION).")
+@click.option("--model-repo", help="Encode in-process with --model from this repository.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@connection_options
+@handle_errors
+def drift(input: str | None, **kwargs: Any) -> None:
+    """Drift of INPUT's rows (CSV, Parquet, NPY) against the model's validation rows, in
+    nats with a p-value, per --window rows and for the whole file: the statistic vae-server
+    keeps for its window, computed offline. Without INPUT, the server's own window of the rows
+    it scored last.
+
+    Rows are encoded by the server (Encode) or in-process with --model-dir. Exit status: 0 when
+    computed (drifted or not), 3 with --fail-on-drift when the p-value is below ALPHA, 1 on
+    errors (also when there are too few rows, under 16, for a p-value to gate on).
+    """
+    options = pop_connection(kwargs)
+    local = kwargs["model_dir"] or kwargs["model_repo"]
+    if input is None:
+        if local or kwargs["output"]:
+            raise click.UsageError("--model-dir, --model-repo and --output need an INPUT file")
+        with VaeClient.from_options(options) as client:
+            reading = client.drift(kwargs["model"])
+        shown = json.dumps(reading.to_dict(), indent=2) if kwargs["as_json"] else None
+        click.echo(shown or format_window(reading))
+        _gate(reading, kwargs["fail_alpha"])
+        return
+    job = DriftJob(
+        input=input,
+        model=kwargs["model"],
+        window=kwargs["window"],
+        alpha=kwargs["fail_alpha"] or 0.01,
+        columns=parse_columns(kwargs["columns"]),
+        input_format=kwargs["input_format"],
+        condition_column=kwargs["condition_column"],
+        batch_size=kwargs["batch_size"],
+    )
+    if local:
+        client = open_local_model(kwargs["model_dir"], kwargs["model_repo"], job.model, 0)
+    else:
+        client = VaeClient.from_options(options)
+    with client:
+        latent_dim = client.model_info(job.model).latent_dim
+        with window_writer(kwargs["output"], kwargs["output_format"], latent_dim, job.alpha) as w:
+            result = file_drift(client, job, w)
+    shown = json.dumps(result.to_dict(), indent=2) if kwargs["as_json"] else None
+    click.echo(shown or format_file(result))
+    _gate(result.total, kwargs["fail_alpha"])
+
+
+def _gate(report: DriftReport, alpha: float | None) -> None:
+    """Exit 3 when --fail-on-drift's ALPHA is above the p-value; an error without one."""
+    if alpha is None:
+        return
+    if report.p_value is None:
+        raise VaeClientError(
+            f"--fail-on-drift: no p-value to gate on ({report.rows} rows; the null starts at 16)"
+        )
+    if report.p_value < alpha:
+        click.echo(f"drift: p-value {report.p_value:.4g} < {alpha:g}", err=True)
+        sys.exit(3)
 
 
 @cli.command()

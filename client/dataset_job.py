@@ -31,6 +31,7 @@ from vaeserve.client.dataset_parts import Part, plan_parts
 from vaeserve.client.dataset_summary import DatasetIncomplete, DatasetSummary
 from vaeserve.client.errors import VaeClientError
 from vaeserve.client.job_summary import JobInterrupted
+from vaeserve.client.jobs import check_explain
 from vaeserve.client.models import ModelInfo
 from vaeserve.client.options import ConnectionOptions
 from vaeserve.client.part_run import PartSettings, peak_rss_mb, score_part
@@ -68,6 +69,7 @@ class DatasetJob:
     threshold: float | None = None
     iw_samples: int = 0
     kl_per_dim: bool = False
+    explain: int = 0  # top features per row (0: none)
     keep_columns: bool = False
     rejects: str | None = None
     resume: bool = False
@@ -98,6 +100,8 @@ class DatasetJob:
                 "--iw-samples is not available for datasets: iw_nll draws noise per request, so "
                 "it would depend on how rows are batched"
             )
+        if self.explain < 0:
+            problems.append(f"--explain must be >= 0, got {self.explain}")
         if self.model_dir and self.model_repo:
             problems.append("pass --model-dir or --model-repo, not both")
         if self.rows_per_part is not None and self.rows_per_part < 1:
@@ -153,6 +157,7 @@ class DatasetJob:
             score=self.score,
             threshold=self.threshold,
             kl_per_dim=self.kl_per_dim,
+            explain=self.explain,
         )
 
     def fingerprint(self, fmt: str, info: ModelInfo) -> dict[str, Any]:
@@ -170,6 +175,8 @@ class DatasetJob:
             "score": self.score,
             "threshold": self.threshold,
             "kl_per_dim": self.kl_per_dim,
+            # only when asked for, so folders of jobs from before explanations still match
+            **({"explain": self.explain} if self.explain else {}),
         }
 
 
@@ -207,6 +214,7 @@ def run_dataset_job(job: DatasetJob, connection: ConnectionOptions | None = None
     backend = job.backend(connection)
     info = resolve_model(backend, job.model)
     condition_encoder(info, job.condition_column)  # a wrong condition option fails here
+    check_explain(info, job.explain)
     files = list_dataset(job.inputs, input_format=job.input_format, exclude=job.output)
     parts = plan_parts(files, job.rows_per_part)
     engine = open_engine(job)

@@ -70,6 +70,7 @@ class ScoreJob:
     iw_samples: int = 0
     seed: int = 0
     kl_per_dim: bool = False
+    explain: int = 0  # top features per row (0: none)
     keep_columns: bool = False
     rejects: str | None = None
     resume: bool = False
@@ -92,6 +93,8 @@ class ScoreJob:
             )
         if self.iw_samples < 0:
             raise VaeClientError(f"--iw-samples must be >= 0, got {self.iw_samples}")
+        if self.explain < 0:
+            raise VaeClientError(f"--explain must be >= 0, got {self.explain}")
 
     def selection(self, info: ModelInfo) -> ColumnSelection:
         """The input columns this job reads for a model."""
@@ -121,6 +124,8 @@ class ScoreJob:
             "iw_samples": self.iw_samples,
             "seed": self.seed,
             "kl_per_dim": self.kl_per_dim,
+            # only when asked for, so checkpoints of jobs from before explanations still match
+            **({"explain": self.explain} if self.explain else {}),
         }
 
 
@@ -137,6 +142,7 @@ def run_score_job(client: VaeClient, job: ScoreJob) -> JobSummary:
             include_kl_per_dim=job.kl_per_dim,
             iw_samples=job.iw_samples,
             seed=job.seed,
+            explain=job.explain,
             max_in_flight=job.max_in_flight,
             raise_errors=False,
         )
@@ -181,6 +187,8 @@ class ScoreRun:
             keep_columns=job.keep_columns,
             iw_samples=job.iw_samples,
             kl_per_dim=job.kl_per_dim,
+            explain=job.explain,
+            input_dim=info.input_dim,
         )
         self.ckpt_file = None if job.output == "-" else checkpoint_path(job.output)
         self.rejects_path = job.rejects or default_rejects_path(job.output)
@@ -223,6 +231,7 @@ class ScoreRun:
                 )
             model = f"{name}:{version}"
         info = client.model_info(model)
+        check_explain(info, job.explain)
         encode_condition = condition_encoder(info, job.condition_column)
         reader = open_input(job.input, job.selection(info), fmt=job.input_format)
         fingerprint = job.fingerprint(reader, fmt, info)
@@ -348,6 +357,17 @@ class ScoreRun:
         self.summary.rows_per_s = done_now / elapsed if elapsed > 0 else 0.0
         if not self.summary.rejected:
             self.summary.rejects = None
+
+
+def check_explain(info: ModelInfo, explain: int) -> None:
+    """FAILED_PRECONDITION before any work when explanations are asked of a model without
+    an explainer (an export from before them)."""
+    if explain and not info.explain:
+        raise VaeClientError(
+            f"--explain: model {info.name}:{info.version} offers no explanations"
+            + (f" ({info.unavailable})" if info.unavailable else ""),
+            code=grpc.StatusCode.FAILED_PRECONDITION,
+        )
 
 
 def _check_output(job: ScoreJob) -> Checkpoint | None:

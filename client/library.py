@@ -26,7 +26,7 @@ from vaeserve.client.channel import RetryPolicy, call_metadata, open_channel
 from vaeserve.client.errors import VaeClientError
 from vaeserve.client.models import ModelInfo, ModelLike, ModelSummary, parse_model
 from vaeserve.client.options import ConnectionOptions
-from vaeserve.client.results import EncodeResult, SampleResult, ScoreResult
+from vaeserve.client.results import DriftReport, EncodeResult, SampleResult, ScoreResult
 from vaeserve.client.score_stream import ScoreStream, score_request_template
 from vaeserve.common.tensors import to_tensor
 from vaeserve.proto.vae.v1 import vae_pb2, vae_pb2_grpc
@@ -259,6 +259,26 @@ class VaeClient:
         )
         return [ModelSummary(m.name, list(m.versions), m.latest, m.ready) for m in reply.models]
 
+    def drift(self, model: ModelLike = None, *, timeout: float | None = None) -> DriftReport:
+        """The server's drift window of a model version: the drift of the last rows it scored
+        against the model's validation rows (KL in nats, p-value). FAILED_PRECONDITION when
+        the server keeps no window for it (drift_window_rows 0, or an older export)."""
+        request = vae_pb2.ModelDriftRequest(model=parse_model(model))
+        reply = self._unary(self._stub.ModelDrift, request, "ModelDrift", timeout)
+        return DriftReport(
+            model=(reply.model.name, reply.model.version),
+            rows=reply.rows,
+            kl=reply.kl,
+            kl_per_dim=np.asarray(reply.kl_per_dim, np.float64),
+            share_per_dim=np.asarray(reply.share_per_dim, np.float64),
+            p_value=reply.p_value if reply.HasField("p_value") else None,
+            window_rows=reply.window_rows,
+            rows_seen=reply.rows_seen,
+            evaluated_at=reply.evaluated_at,
+            reference_rows=reply.reference_rows,
+            null_method=reply.null_method,
+        )
+
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The grpc.health.v1 status name ('SERVING', 'NOT_SERVING', ...) of a service."""
         request = health_pb2.HealthCheckRequest(service=service)
@@ -276,6 +296,7 @@ class VaeClient:
         include_kl_per_dim: bool = False,
         iw_samples: int = 0,
         seed: int = 0,
+        explain: int = 0,
         columns: Sequence[str] | None = None,
         max_in_flight: int = 4,
         timeout: float | None = None,
@@ -288,6 +309,8 @@ class VaeClient:
         unanswered at any time, so memory stays bounded however long the iterable is. A batch
         the server rejects raises VaeClientError, or with `raise_errors=False` is yielded with
         `error` set. `timeout` is a deadline for the whole stream (none by default).
+        `explain` = K > 0 adds each row's top K features (`ScoreResult.explain`, with the
+        model's feature names; all features when K is larger than the model has).
         """
         template = score_request_template(
             score=score,
@@ -295,6 +318,7 @@ class VaeClient:
             include_kl_per_dim=include_kl_per_dim,
             iw_samples=iw_samples,
             seed=seed,
+            explain=explain,
         )
         stream = ScoreStream(
             self._stub,
@@ -308,4 +332,8 @@ class VaeClient:
             timeout=timeout,
             raise_errors=raise_errors,
         )
-        yield from stream.results(batches)
+        for result in stream.results(batches):
+            if result.explain is not None:
+                info = self.model_info(result.model, cached=True)
+                result.explain = result.explain.named(info.feature_names)
+            yield result

@@ -1,10 +1,10 @@
-"""LocalModelClient: the part of VaeClient that score jobs use (model_info, score), answered
-by an exported model in this process instead of a server.
+"""LocalModelClient: the part of VaeClient that score and drift jobs use (model_info, score,
+encode), answered by an exported model in this process instead of a server.
 
 It lets every score driver run without `vae-server`: `vae-client score --model-dir`, and each
-Ray actor of `--engine ray` in in-process mode. Scores come from `ModelScorer`, which computes
-them as the server does, so a job gives the same output either way. onnxruntime is imported
-when the model is opened.
+Ray actor of `--engine ray` in in-process mode, and `vae-client drift --model-dir`. Scores
+and explanations come from `ModelScorer`, which computes them as the server does, so a job
+gives the same output either way. onnxruntime is imported when the model is opened.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from vaeserve.client.batches import coerce_batch
 from vaeserve.client.errors import VaeClientError
 from vaeserve.client.models import ModelInfo, ModelLike, format_model, parse_model
-from vaeserve.client.results import ScoreResult
+from vaeserve.client.results import EncodeResult, Explanation, ScoreResult
 from vaeserve.common.manifest import Manifest, ManifestError
 from vaeserve.common.model_scorer import ModelScorer
 
@@ -45,6 +45,7 @@ def model_info_from_manifest(
         thresholds=dict(cal.thresholds),
         ready=True,
         manifest=manifest.to_dict(),
+        explain=manifest.explain is not None and "explainer" in manifest.graphs,
     )
 
 
@@ -106,14 +107,25 @@ class LocalModelClient:
         include_kl_per_dim: bool = False,
         iw_samples: int = 0,
         seed: int = 0,
+        explain: int = 0,
         columns: Sequence[str] | None = None,
         raise_errors: bool = True,
         **_: Any,
     ) -> Iterator[ScoreResult]:
         """VaeClient.score's results for the same batches, one batch at a time; rows that
         the server would refuse (wrong width, NaN or inf) make their batch's result an
-        INVALID_ARGUMENT error (raised unless `raise_errors=False`)."""
+        INVALID_ARGUMENT error (raised unless `raise_errors=False`). `explain` = K > 0 adds
+        each row's top K features from the model's explainer graph, as a server computes them
+        (FAILED_PRECONDITION for an export without one)."""
         self._check_model(model)
+        if explain < 0:
+            raise VaeClientError(f"explain must be >= 0, got {explain}")
+        if explain and not self.info.explain:
+            raise VaeClientError(
+                f"model {self.info.name}:{self.info.version} was exported without an explainer; "
+                "re-export it with this version of vae-export for explanations",
+                code=grpc.StatusCode.FAILED_PRECONDITION,
+            )
         if iw_samples:
             raise VaeClientError(
                 "in-process scoring computes kl, recon_nll and neg_elbo; iw_nll (--iw-samples) "
@@ -135,7 +147,7 @@ class LocalModelClient:
                 else np.arange(offset, offset + n, dtype=np.int64)
             )
             offset += n
-            result = self._score_one(index, batch.rows, batch.condition, ids, flag)
+            result = self._score_one(index, batch.rows, batch.condition, ids, flag, explain)
             if result.error is not None and raise_errors:
                 raise result.error
             if not include_kl_per_dim:
@@ -149,6 +161,7 @@ class LocalModelClient:
         cond: np.ndarray | None,
         ids: np.ndarray,
         flag: tuple[str, float],
+        explain: int = 0,
     ) -> ScoreResult:
         model = (self.info.name, self.info.version)
         n = len(rows)
@@ -162,7 +175,7 @@ class LocalModelClient:
                 details=problem,
             )
             return ScoreResult.empty(index, rows=n, model=model, error=error)
-        out = self.scorer.score(rows, cond, score=flag[0], threshold=flag[1])
+        out = self.scorer.score(rows, cond, score=flag[0], threshold=flag[1], explain=explain)
         return ScoreResult(
             index=index,
             row_ids=np.asarray(ids, np.int64),
@@ -176,7 +189,35 @@ class LocalModelClient:
             threshold=out.threshold,
             model=model,
             rows=n,
+            explain=(
+                Explanation.from_top(out.explain).named(self.info.feature_names)
+                if out.explain is not None
+                else None
+            ),
         )
+
+    def encode(
+        self, rows: Any, *, model: ModelLike = None, condition: Any = None, **_: Any
+    ) -> EncodeResult:
+        """Posterior mean and log-variance of each row, from the scorer graph's posterior
+        outputs (what a server's drift window is fed); rows the server would refuse raise
+        VaeClientError(INVALID_ARGUMENT)."""
+        self._check_model(model)
+        x = np.asarray(rows, np.float32)
+        cond = None if condition is None else np.asarray(condition, np.float32)
+        if x.ndim != 2:
+            raise VaeClientError(
+                f"rows must be 2-D [n, {self.info.input_dim}], got shape {x.shape}",
+                code=grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        problem = self._invalid(x, cond)
+        if problem:
+            raise VaeClientError(problem, code=grpc.StatusCode.INVALID_ARGUMENT)
+        try:
+            mu, logvar = self.scorer.posteriors(x, cond)
+        except ManifestError as exc:
+            raise VaeClientError(str(exc), code=grpc.StatusCode.FAILED_PRECONDITION) from None
+        return EncodeResult(mu=mu, logvar=logvar, z=None, model=(self.info.name, self.info.version))
 
     def _invalid(self, rows: np.ndarray, cond: np.ndarray | None) -> str:
         """Why the server would refuse these rows ('' when it would not)."""

@@ -54,6 +54,9 @@ class ModelInfo:
     thresholds: dict[str, float]
     ready: bool
     manifest: dict[str, Any] = field(default_factory=dict)
+    explain: bool = False  # explanations can be asked for (ScoreRequest.explain)
+    drift_window_rows: int = 0  # the server's drift window (0: none; VaeClient.drift fails)
+    unavailable: str = ""  # why explanations or drift are not offered, when one is not
 
     @classmethod
     def from_reply(cls, reply: vae_pb2.ModelInfoResponse) -> ModelInfo:
@@ -79,6 +82,9 @@ class ModelInfo:
             thresholds=dict(schema.thresholds),
             ready=reply.ready,
             manifest=manifest,
+            explain=reply.monitoring.explain,
+            drift_window_rows=reply.monitoring.drift_window_rows,
+            unavailable=reply.monitoring.unavailable,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 Spark recipe (`df.mapInPandas(...)`, docs/batch.md), usable on any iterator of frames.
 
 Each frame comes back with its columns and the score columns of client/table_scoring.py
-(kl, recon_nll, neg_elbo, p_value, is_anomaly, [kl_dim_*], reject_reason). The model is opened
-once per process and model folder, so a Spark Python worker that is reused across tasks loads
-it once.
+(kl, recon_nll, neg_elbo, p_value, is_anomaly, [kl_dim_*], [top_feature_1..], reject_reason).
+The model is opened once per process and model folder, so a Spark Python worker that is reused
+across tasks loads it once.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def score_pandas(
     score: str | None = None,
     threshold: float | None = None,
     kl_per_dim: bool = False,
+    explain: int = 0,
     threads: int = 1,
 ) -> Iterator[Any]:
     """Each DataFrame of `frames` with score columns appended (see the module docstring).
@@ -50,6 +51,6 @@ def score_pandas(
                 expected_dim=info.input_dim,
             )
             features, _ = selection.resolve(table.column_names, "the frame")
-            how = TableScoring(features, condition_column, score, threshold, kl_per_dim)
+            how = TableScoring(features, condition_column, score, threshold, kl_per_dim, explain)
             checks = how.checks(info)
         yield score_table(client, info, table, how, checks).to_pandas()

@@ -63,6 +63,7 @@ class PartSettings:
     score: str | None = None
     threshold: float | None = None
     kl_per_dim: bool = False
+    explain: int = 0  # top features per row (0: none)
 
     def selection(self, info: ModelInfo) -> ColumnSelection:
         """The input columns the job reads for a model."""
@@ -151,6 +152,8 @@ def _score_into(
         id_column=settings.id_column,
         keep_columns=settings.keep_columns,
         kl_per_dim=settings.kl_per_dim,
+        explain=settings.explain,
+        input_dim=info.input_dim,
     )
     schema = layout.schema
     if not settings.id_column:
@@ -180,6 +183,7 @@ def _score_into(
             score=settings.score,
             threshold=settings.threshold,
             include_kl_per_dim=settings.kl_per_dim,
+            explain=settings.explain,
             max_in_flight=settings.max_in_flight,
             raise_errors=False,
         )

@@ -4,8 +4,8 @@ into a Ray pipeline (read, score, filter, write) with Ray doing the reading and 
 Scoring runs in a pool of `TableScorer` actors through `map_batches` (Ray's batch-inference
 pattern: the callable class opens the model or the server connection once per actor). Each
 row keeps its columns and gains kl, recon_nll, neg_elbo, p_value, is_anomaly (kl_dim_* with
-kl_per_dim) and reject_reason (null when scored; rows that cannot be scored keep null scores).
-Ray Data does not keep row order across blocks unless
+kl_per_dim, top_feature_1.. with explain) and reject_reason (null when scored; rows that
+cannot be scored keep null scores). Ray Data does not keep row order across blocks unless
 `DataContext.get_current().execution_options.preserve_order` is set: carry an id column.
 For files in, files out with exactly-once commits and resume, use `run_dataset_job`.
 """
@@ -21,6 +21,7 @@ import ray.data
 from vaeserve.client.backends import Backend, InProcessBackend
 from vaeserve.client.columns import ColumnSelection
 from vaeserve.client.dataset_job import DatasetJob, resolve_model
+from vaeserve.client.jobs import check_explain
 from vaeserve.client.options import ConnectionOptions
 from vaeserve.client.table_scoring import TableScoring, score_table
 
@@ -52,6 +53,7 @@ def score_dataset(
     score: str | None = None,
     threshold: float | None = None,
     kl_per_dim: bool = False,
+    explain: int = 0,
     batch_size: int = 1024,
     workers: int = 1,
     cpus_per_worker: float = 1.0,
@@ -62,8 +64,9 @@ def score_dataset(
     The model: `model_dir` (REPO/NAME/VERSION) or `model_repo` + `model` loaded in each actor
     with `cpus_per_worker` onnxruntime threads (and the CUDA provider with `gpus_per_worker`),
     or a vae-server (`server`: HOST:PORT, dns:///host:port, or ConnectionOptions). Feature
-    columns: `columns`, else the model's feature names. `workers` actors score at once; an
-    actor that dies is restarted and its batch retried (Ray Data's defaults).
+    columns: `columns`, else the model's feature names. `explain` = K adds each row's top K
+    features (top_feature_1, top_nll_1, ...). `workers` actors score at once; an actor that
+    dies is restarted and its batch retried (Ray Data's defaults).
     """
     if isinstance(server, str):
         server = ConnectionOptions(target=server, load_balancing="round_robin")
@@ -92,7 +95,8 @@ def score_dataset(
         expected_dim=info.input_dim,
     )
     features, _ = selection.resolve(names, "the dataset")
-    how = TableScoring(features, condition_column, score, threshold, kl_per_dim)
+    check_explain(info, explain)
+    how = TableScoring(features, condition_column, score, threshold, kl_per_dim, explain)
     how.checks(info)  # a wrong condition option fails here, not in every actor
     in_process = isinstance(backend, InProcessBackend)
     return ds.map_batches(

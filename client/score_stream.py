@@ -22,7 +22,7 @@ from vaeserve.client.arrays import RequestLimits, read_tensor, spans
 from vaeserve.client.batches import Batch, coerce_batch
 from vaeserve.client.channel import Metadata, RetryPolicy
 from vaeserve.client.errors import VaeClientError
-from vaeserve.client.results import ScoreResult
+from vaeserve.client.results import Explanation, ScoreResult
 from vaeserve.client.score_window import ScoreWindow
 from vaeserve.common.scores import KIND_NAMES, SCORE_KINDS
 from vaeserve.common.tensors import is_set, to_tensor
@@ -39,15 +39,20 @@ def score_request_template(
     include_kl_per_dim: bool = False,
     iw_samples: int = 0,
     seed: int = 0,
+    explain: int = 0,
 ) -> vae_pb2.ScoreRequest:
-    """The fields every request of one stream shares; VaeClientError for an unknown score."""
+    """The fields every request of one stream shares; VaeClientError for an unknown score or
+    a negative count."""
     if score is not None and score not in SCORE_KINDS:
         raise VaeClientError(f"score must be one of {sorted(SCORE_KINDS)}, got {score!r}")
+    if explain < 0 or iw_samples < 0:
+        raise VaeClientError(f"explain and iw_samples must be >= 0, got {explain}, {iw_samples}")
     template = vae_pb2.ScoreRequest(
         include_kl_per_dim=include_kl_per_dim,
         score=SCORE_KINDS[score] if score else vae_pb2.SCORE_KIND_UNSPECIFIED,
         iw_samples=iw_samples,
         seed=seed,
+        explain=explain,
     )
     if threshold is not None:
         template.threshold = threshold
@@ -247,6 +252,7 @@ def merge_answers(pending: PendingBatch) -> ScoreResult:
         threshold=first.threshold,
         model=model,
         rows=pending.rows,
+        explain=_explanation(cat),
     )
     if len(result.kl) != pending.rows:
         result.error = VaeClientError(
@@ -255,3 +261,17 @@ def merge_answers(pending: PendingBatch) -> ScoreResult:
             code=grpc.StatusCode.INTERNAL,
         )
     return result
+
+
+def _explanation(cat: Any) -> Explanation | None:
+    """The explain_* tensors of a batch's answers (None when none was asked for)."""
+    index = cat("explain_index", optional=True)
+    if index is None:
+        return None
+    return Explanation(
+        index=index,
+        nll=cat("explain_nll"),
+        excess=cat("explain_excess"),
+        value=cat("explain_value"),
+        reconstruction=cat("explain_reconstruction"),
+    )

@@ -23,6 +23,8 @@ from vaeserve.client.errors import VaeClientError
 from vaeserve.client.models import ModelInfo
 from vaeserve.client.readers import InputChunk
 from vaeserve.client.row_checks import RowChecks
+from vaeserve.client.score_output import explain_columns, explain_fields
+from vaeserve.common.explain import explain_count
 
 REJECT_REASON = "reject_reason"
 
@@ -30,16 +32,18 @@ REJECT_REASON = "reject_reason"
 @dataclass(frozen=True)
 class TableScoring:
     """How tables are scored: the feature columns (in model order), the condition column of
-    a conditional model, and the flag and per-dimension KL options."""
+    a conditional model, and the flag, per-dimension KL and explanation options."""
 
     features: Sequence[str]
     condition_column: str | None = None
     score: str | None = None
     threshold: float | None = None
     kl_per_dim: bool = False
+    explain: int = 0  # top features per row (score_output.py names their columns)
 
-    def score_fields(self, latent_dim: int) -> list[pa.Field]:
-        """The columns appended to each table, in order."""
+    def score_fields(self, latent_dim: int, input_dim: int = 0) -> list[pa.Field]:
+        """The columns appended to each table, in order (input_dim: the model's features,
+        for an explanation's width)."""
         fields = [
             pa.field("kl", pa.float32()),
             pa.field("recon_nll", pa.float32()),
@@ -49,6 +53,8 @@ class TableScoring:
         ]
         if self.kl_per_dim:
             fields += [pa.field(f"kl_dim_{d}", pa.float32()) for d in range(latent_dim)]
+        if self.explain:
+            fields += explain_fields(explain_count(self.explain, input_dim))
         return [*fields, pa.field(REJECT_REASON, pa.string())]
 
     def checks(self, info: ModelInfo) -> RowChecks:
@@ -83,6 +89,7 @@ def score_table(
             score=how.score,
             threshold=how.threshold,
             include_kl_per_dim=how.kl_per_dim,
+            explain=how.explain,
             raise_errors=False,
         )
         if result.error is not None:
@@ -102,7 +109,9 @@ def score_table(
             if how.kl_per_dim and result.kl_per_dim is not None:
                 for d in range(result.kl_per_dim.shape[1]):
                     values[f"kl_dim_{d}"] = result.kl_per_dim[:, d]
-    for f in how.score_fields(info.latent_dim):
+            if how.explain and result.explain is not None:
+                values.update(explain_columns(result.explain))
+    for f in how.score_fields(info.latent_dim, info.input_dim):
         if f.name == REJECT_REASON:
             column = pa.array(reasons, pa.string())
         else:
@@ -127,7 +136,7 @@ def features_matrix(table: pa.Table, features: Sequence[str]) -> np.ndarray:
 
 def _spread(values: np.ndarray | None, at: np.ndarray, n: int, kind: pa.DataType) -> pa.Array:
     """An n-long column holding `values` at positions `at` and null elsewhere."""
-    full = np.zeros(n, dtype=kind.to_pandas_dtype())
+    full = np.zeros(n, dtype=object if kind == pa.string() else kind.to_pandas_dtype())
     valid = np.zeros(n, dtype=bool)
     if values is not None and len(at):
         full[at] = values

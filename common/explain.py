@@ -37,6 +37,12 @@ class TopFeatures:
         return [[feature_names[j] for j in row] for row in self.index.tolist()]
 
 
+def explain_count(k: int, input_dim: int) -> int:
+    """The number of top features an explanation of K features gets: K, or every feature when
+    K is larger (one K can then serve models of any width)."""
+    return max(0, min(int(k), int(input_dim)))
+
+
 def baseline(manifest: Manifest) -> np.ndarray:
     """The manifest's per-feature validation NLL baseline [D]; ExplainUnavailable without it."""
     if manifest.explain is None or "explainer" not in manifest.graphs:

@@ -91,3 +91,34 @@ def marginal_kl(p: Gaussian, q: Gaussian) -> np.ndarray:
     vq = np.diagonal(q.cov, axis1=-2, axis2=-1)
     ratio = vp / vq
     return np.maximum(0.5 * (ratio + (q.mean - p.mean) ** 2 / vq - 1.0 - np.log(ratio)), 0.0)
+
+
+class MomentSums:
+    """The moment-matched Gaussian of posteriors added batch by batch, in O(L²) memory however
+    many rows: float64 sums of mu, mu muᵀ and σ² about a fixed `centre` (near the rows' mean,
+    to keep the covariance's cancellation small). `gaussian()` equals moment_match of all the
+    rows at once, up to rounding."""
+
+    def __init__(self, centre: np.ndarray) -> None:
+        self.centre = np.asarray(centre, np.float64)
+        dim = len(self.centre)
+        self.rows = 0
+        self._sum = np.zeros(dim)
+        self._outer = np.zeros((dim, dim))
+        self._var = np.zeros(dim)
+
+    def add(self, mu: np.ndarray, logvar: np.ndarray) -> None:
+        """Add posteriors mu, logvar [n, L]."""
+        offset = np.asarray(mu, np.float64) - self.centre
+        self.rows += len(offset)
+        self._sum += offset.sum(0)
+        self._outer += offset.T @ offset
+        self._var += np.exp(np.asarray(logvar, np.float64)).sum(0)
+
+    def gaussian(self) -> Gaussian:
+        """N(mean, Cov(mu) + diag(mean σ²)) of the rows added (ValueError when none were)."""
+        if self.rows == 0:
+            raise ValueError("no rows were added")
+        mean = self._sum / self.rows
+        cov = self._outer / self.rows - np.outer(mean, mean)
+        return Gaussian(self.centre + mean, cov + np.diag(self._var / self.rows))

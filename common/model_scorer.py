@@ -1,9 +1,10 @@
 """The fused scorer of one exported model, run in this process with the server's numbers.
 
-`vae-server` runs scorer.onnx with onnxruntime, turns the flag score into p-values with
-`PValues` and flags rows where `score > threshold` (server/dataplane.py). `ModelScorer` does
-the same without a server, for engines that score where the data is: Ray actors, Spark tasks,
-`vae-client score --model-dir`. On CPU, onnxruntime's result for a row depends neither on the
+`vae-server` runs scorer.onnx with onnxruntime and flags rows with `Flagger`
+(common/flagging.py: p-values and `score > threshold`); explanations come from explainer.onnx
+and `top_features`. `ModelScorer` does the same through the same functions without a server,
+for engines that score where the data is: Ray actors, Spark tasks, `vae-client score
+--model-dir`. On CPU, onnxruntime's result for a row depends neither on the
 other rows of its batch nor on the thread count (tests/ray/test_model_scorer.py checks both),
 so these scores equal the server's bit for bit on the same kind of CPU. onnxruntime is imported
 when a scorer is opened, never by importing this module (the client installs without it).
@@ -12,15 +13,22 @@ when a scorer is opened, never by importing this module (the client installs wit
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vaeserve.common.calibration import PValues
+from vaeserve.common.explain import (
+    ExplainUnavailable,
+    TopFeatures,
+    baseline,
+    explain_count,
+    top_features,
+)
+from vaeserve.common.flagging import Flagger
 from vaeserve.common.manifest import Manifest, ManifestError, list_versions, load_manifest
-from vaeserve.common.scores import SCORE_NAMES, check_score_name
 
 DEVICES = ("cpu", "cuda", "auto")
 _CUDA = "CUDAExecutionProvider"
@@ -56,7 +64,9 @@ def resolve_model_dir(model_repo: str | Path, model: str | None = None) -> Path:
 
 @dataclass
 class ScoredRows:
-    """Scores of a batch of rows (float32 [n] unless noted) and the flag's score/threshold."""
+    """Scores of a batch of rows (float32 [n] unless noted), the flag's score/threshold, the
+    posteriors the scores came from (None for exports from before drift monitoring) and, when
+    asked for, each row's top features."""
 
     kl: np.ndarray
     kl_per_dim: np.ndarray  # [n, latent_dim]
@@ -66,21 +76,35 @@ class ScoredRows:
     is_anomaly: np.ndarray  # bool
     score: str
     threshold: float
+    mu: np.ndarray | None = None  # [n, latent_dim]
+    logvar: np.ndarray | None = None  # [n, latent_dim]
+    explain: TopFeatures | None = None
 
 
 class ModelScorer:
     """scorer.onnx of one model directory in an onnxruntime session, with p-values and flags
-    computed as the server computes them."""
+    computed as the server computes them (common/flagging.py), and explainer.onnx, loaded the
+    first time an explanation is asked for."""
 
-    def __init__(self, model_dir: Path, manifest: Manifest, session: Any, device: str) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        manifest: Manifest,
+        session: Any,
+        device: str,
+        open_graph: Callable[[str], Any] | None = None,
+    ) -> None:
+        """`open_graph(graph)` opens another graph of the model with the scorer's session
+        options (ModelScorer.open passes one; without it, explanations are unavailable)."""
         self.model_dir = model_dir
         self.manifest = manifest
         self.session = session
         self.device = device
         self.providers: list[str] = list(session.get_providers())
         self._outputs = [o.name for o in session.get_outputs()]
-        cal = manifest.calibration
-        self._pvalues = {s: PValues(cal, s) for s in SCORE_NAMES if s in cal.quantiles}
+        self.flagger = Flagger(manifest.calibration, f"model {self.label}")
+        self._open_graph = open_graph
+        self._explainer: Any = None
 
     @classmethod
     def open(
@@ -117,16 +141,21 @@ class ModelScorer:
         providers: list[Any] = [_CPU]
         if want_cuda:
             providers.insert(0, (_CUDA, {"device_id": str(device_id)}))
-        path = os.fspath(model_dir / manifest.graphs["scorer"].file)
-        session = ort.InferenceSession(path, options, providers=providers)
+
+        def open_graph(graph: str) -> Any:
+            path = os.fspath(model_dir / manifest.graphs[graph].file)
+            return ort.InferenceSession(path, options, providers=providers)
+
+        session = open_graph("scorer")
         on_cuda = _CUDA in session.get_providers()
         if device == "cuda" and not on_cuda:
             raise RuntimeError(
-                f"{path}: device 'cuda' was asked for but onnxruntime runs it on "
-                f"{session.get_providers()}: the CUDA execution provider did not load (needs "
-                "onnxruntime-gpu with its CUDA and cuDNN libraries and a visible GPU)"
+                f"{model_dir / manifest.graphs['scorer'].file}: device 'cuda' was asked for but "
+                f"onnxruntime runs it on {session.get_providers()}: the CUDA execution provider "
+                "did not load (needs onnxruntime-gpu with its CUDA and cuDNN libraries and a "
+                "visible GPU)"
             )
-        return cls(model_dir, manifest, session, "cuda" if on_cuda else "cpu")
+        return cls(model_dir, manifest, session, "cuda" if on_cuda else "cpu", open_graph)
 
     @property
     def label(self) -> str:
@@ -137,16 +166,15 @@ class ModelScorer:
         self, score: str | None = None, threshold: float | None = None
     ) -> tuple[str, float]:
         """The flag's score (None: the model's default) and threshold (None: calibrated), as
-        the server chooses them; ValueError for an unknown score or a non-finite threshold."""
-        cal = self.manifest.calibration
-        name = check_score_name(score or cal.default_score)
-        if threshold is not None:
-            if not np.isfinite(threshold):
-                raise ValueError("threshold must be a finite number (nats)")
-            return name, float(threshold)
-        if name not in cal.thresholds:
-            raise ValueError(f"model {self.label} has no calibrated threshold for {name}")
-        return name, float(cal.thresholds[name])
+        the server chooses them; ValueError for an unknown score, a non-finite threshold or
+        a score without a calibrated threshold."""
+        return self.flagger.choose(score, threshold)
+
+    def _feeds(self, x: np.ndarray, cond: np.ndarray | None) -> dict[str, np.ndarray]:
+        feeds = {"x": np.ascontiguousarray(x, dtype=np.float32)}
+        if cond is not None:
+            feeds["cond"] = np.ascontiguousarray(cond, dtype=np.float32)
+        return feeds
 
     def score(
         self,
@@ -155,24 +183,51 @@ class ModelScorer:
         *,
         score: str | None = None,
         threshold: float | None = None,
+        explain: int = 0,
     ) -> ScoredRows:
-        """Scores, p-values and flags of float32 rows [n, input_dim] (and condition rows)."""
+        """Scores, p-values and flags of float32 rows [n, input_dim] (and condition rows);
+        with explain = K > 0 also each row's top K features (see `explain`)."""
         name, limit = self.flag_settings(score, threshold)
-        feeds = {"x": np.ascontiguousarray(x, dtype=np.float32)}
-        if cond is not None:
-            feeds["cond"] = np.ascontiguousarray(cond, dtype=np.float32)
-        out = dict(zip(self._outputs, self.session.run(self._outputs, feeds), strict=True))
-        flag_scores = np.asarray(out[name])
-        pvalues = self._pvalues.get(name)
-        n = len(flag_scores)
-        p = pvalues(flag_scores) if pvalues is not None else np.full(n, np.nan, np.float64)
+        out = dict(
+            zip(self._outputs, self.session.run(self._outputs, self._feeds(x, cond)), strict=True)
+        )
+        flags = self.flagger.flag(out, name, limit)
         return ScoredRows(
             kl=out["kl"],
             kl_per_dim=out["kl_per_dim"],
             recon_nll=out["recon_nll"],
             neg_elbo=out["neg_elbo"],
-            p_value=np.asarray(p, np.float64),
-            is_anomaly=flag_scores > limit,
+            p_value=flags.p_value,
+            is_anomaly=flags.is_anomaly,
             score=name,
             threshold=limit,
+            mu=out.get("mu"),
+            logvar=out.get("logvar"),
+            explain=self.explain(x, cond, explain) if explain > 0 else None,
         )
+
+    def explain(self, x: np.ndarray, cond: np.ndarray | None, k: int) -> TopFeatures:
+        """Each row's top k features (k above input_dim: all of them), from explainer.onnx as
+        the server runs it; ExplainUnavailable for an export without the explainer."""
+        base = baseline(self.manifest)
+        if self._explainer is None:
+            if self._open_graph is None:
+                raise ExplainUnavailable(f"model {self.label}: no way to open its explainer graph")
+            self._explainer = self._open_graph("explainer")
+        feeds = self._feeds(x, cond)
+        per_feature, x_hat = self._explainer.run(["recon_nll_per_feature", "x_hat"], feeds)
+        k = explain_count(k, self.manifest.input_dim)
+        return top_features(per_feature, feeds["x"], x_hat, k, base)
+
+    def posteriors(
+        self, x: np.ndarray, cond: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, logvar) [n, latent_dim] of rows, from the scorer's posterior outputs: what a
+        server's drift window is fed. ManifestError for an export without them."""
+        if "mu" not in self._outputs or "logvar" not in self._outputs:
+            raise ManifestError(
+                f"model {self.label}: its scorer graph has no mu/logvar outputs; re-export it "
+                "with this vae-export"
+            )
+        mu, logvar = self.session.run(["mu", "logvar"], self._feeds(x, cond))
+        return mu, logvar

@@ -63,6 +63,7 @@ class ServerApp:
         self.started = False
         self.stopping = False
         self._poll_task: asyncio.Task | None = None
+        self._drift_task: asyncio.Task | None = None
 
     def is_ready(self) -> bool:
         """True once every model found at start is warm, until shutdown begins."""
@@ -119,6 +120,8 @@ class ServerApp:
         self._log_started(device, time.perf_counter() - t_start)
         if s.poll_interval_s > 0:
             self._poll_task = asyncio.create_task(self._poll(), name="repo-poll")
+        if s.drift_window_rows > 0:
+            self._drift_task = asyncio.create_task(self._evaluate_drift(), name="drift")
         return self.port
 
     def _log_started(self, device: str, seconds: float) -> None:
@@ -130,6 +133,8 @@ class ServerApp:
             f"  {r['model']} v{r['version']} on {r['device']}: "
             + ", ".join(f"{g} [{', '.join(v['providers'])}]" for g, v in r["graphs"].items())
             + f"; loaded in {r['load_s']:.3f}s (warm-up {r['warmup_s']:.3f}s)"
+            + f"; explain {'on' if r['explain'] else 'unavailable'}"
+            + f", drift window {r['drift_window_rows'] or 'off'}"
             for r in models
         ]
         providers = self.repository.providers()
@@ -200,14 +205,27 @@ class ServerApp:
             except Exception:
                 log.exception("repository scan failed; will retry")
 
+    async def _evaluate_drift(self) -> None:
+        """Every drift_period_s, evaluate the drift windows (on a worker thread) and publish
+        their gauges."""
+        while True:
+            await asyncio.sleep(self.settings.drift_period_s)
+            try:
+                await self.dataplane.refresh_drift()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("drift evaluation failed; will retry")
+
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new calls, give in-flight ones `grace` s, release pools."""
         grace = self.settings.grace_s if grace is None else grace
         self.stopping = True
         self.metrics.ready.set(0)
         await self.health.enter_graceful_shutdown()
-        if self._poll_task is not None:
-            self._poll_task.cancel()
+        for task in (self._poll_task, self._drift_task):
+            if task is not None:
+                task.cancel()
         if self.server is not None:
             log.info("stopping: in-flight calls get up to %.1fs", grace)
             await self.server.stop(grace)

@@ -1,8 +1,13 @@
 """The data plane: what both protocols (vae.v1 and KServe v2) do with the models.
 
 Readiness, model resolution, and the batched encoder, decoder and scorer calls with p-values
-and anomaly flags, on numpy arrays the servicers have decoded and validated
-(server/validation.py). The servicers only translate their messages to and from these calls.
+and anomaly flags (common/flagging.py, shared with in-process scoring), explanations on request
+and the drift window fed from every scored batch (server/monitoring.py), on numpy arrays the
+servicers have decoded and validated (server/validation.py). The servicers only translate
+their messages to and from these calls.
+
+An explanation runs the explainer graph beside the scorer (both batched, concurrently) and
+ranks the features off the event loop; without one the explainer is never called.
 
 Random draws use numpy's Generator(PCG64(seed)) in float64, cast to float32, so a client can
 reproduce them:
@@ -28,11 +33,14 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from vaeserve.common.explain import TopFeatures, explain_count, top_features
+from vaeserve.common.flagging import NoCalibratedThreshold
 from vaeserve.server import tracing, validation
 from vaeserve.server.call_context import note_call
 from vaeserve.server.errors import RequestError
 from vaeserve.server.memory import release_memory
 from vaeserve.server.metrics import Metrics
+from vaeserve.server.monitoring import DriftReading
 from vaeserve.server.repository import LoadedModel, ModelRepository
 from vaeserve.server.settings import ServerSettings
 
@@ -92,6 +100,7 @@ class RowScores:
     score: str
     threshold: float
     iw_nll: np.ndarray | None = None
+    explain: TopFeatures | None = None  # [n, K] arrays, only when asked for
 
 
 class DataPlane:
@@ -176,16 +185,26 @@ class DataPlane:
         self, model: LoadedModel, score: str | None, threshold: float | None
     ) -> tuple[str, float]:
         """The flag's score (None: the model's default) and threshold (None: calibrated)."""
-        cal = model.manifest.calibration
-        score = validation.check_score_name(score or cal.default_score)
+        if score is not None:
+            validation.check_score_name(score)
         if threshold is not None:
-            return score, validation.check_threshold(threshold)
-        if score in cal.thresholds:
-            return score, float(cal.thresholds[score])
-        raise RequestError(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"{model.label} has no calibrated threshold for {score}; send threshold",
-        )
+            validation.check_threshold(threshold)
+        try:
+            return model.flagger.choose(score, threshold)
+        except NoCalibratedThreshold as exc:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
+        except ValueError as exc:  # the manifest's own default score
+            raise RequestError.invalid(f"{model.label}: {exc}") from None
+
+    def explain_count(self, model: LoadedModel, k: int) -> int:
+        """Top features per row an explanation of k gets (0: none asked for): within
+        max_explain_features, and FAILED_PRECONDITION for a model without an explainer."""
+        k = validation.check_explain(k, self.settings.max_explain_features)
+        if k and model.monitoring.explain_baseline is None:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION, model.monitoring.unavailable["explain"]
+            )
+        return explain_count(k, model.manifest.input_dim)
 
     async def score(
         self,
@@ -196,32 +215,75 @@ class DataPlane:
         threshold: float | None = None,
         iw_samples: int = 0,
         seed: int = 0,
+        explain: int = 0,
     ) -> RowScores:
-        """Scores, p-values and flags of rows; with iw_samples > 0 also the IW NLL."""
+        """Scores, p-values and flags of rows; with iw_samples > 0 also the IW NLL, with
+        explain = K > 0 also each row's top K features. The rows' posteriors go to the
+        model's drift window."""
         n = x.shape[0]
         score, threshold = self.flag_settings(model, score, threshold)
         k = validation.check_iw_samples(int(iw_samples), self.settings.max_iw_samples)
-        jobs = [model.batcher("scorer").run(feeds("x", x, cond), n)]
-        if k > 0:
-            jobs.append(self._iw_nll(model, x, cond, k, seed))
-        outs = await asyncio.gather(*jobs)
-        out = outs[0]
-        flag_scores = np.asarray(out[score])
-        pvalues = model.pvalues.get(score)
-        p = pvalues(flag_scores) if pvalues is not None else np.full(n, np.nan, np.float64)
-        flags = flag_scores > threshold
-        self.metrics.scored(model.name, score, flags)
+        top_k = self.explain_count(model, int(explain))
+        scored = model.batcher("scorer").run(feeds("x", x, cond), n)
+        iw = self._iw_nll(model, x, cond, k, seed) if k > 0 else None
+        why = self._explain(model, x, cond, top_k) if top_k > 0 else None
+        jobs = [job for job in (scored, iw, why) if job is not None]
+        outs = list(await asyncio.gather(*jobs))
+        out = outs.pop(0)
+        iw_nll = outs.pop(0) if iw is not None else None
+        explanation = outs.pop(0) if why is not None else None
+        flags = model.flagger.flag(out, score, threshold)
+        self.metrics.scored(model.name, score, flags.is_anomaly)
+        drift = model.monitoring.drift
+        if drift is not None and n:
+            drift.add(out["mu"], out["logvar"])
         return RowScores(
             kl=out["kl"],
             kl_per_dim=out["kl_per_dim"],
             recon_nll=out["recon_nll"],
             neg_elbo=out["neg_elbo"],
-            p_value=np.asarray(p, np.float64),
-            is_anomaly=flags,
+            p_value=flags.p_value,
+            is_anomaly=flags.is_anomaly,
             score=score,
             threshold=threshold,
-            iw_nll=outs[1] if k > 0 else None,
+            iw_nll=iw_nll,
+            explain=explanation,
         )
+
+    async def _explain(
+        self, model: LoadedModel, x: np.ndarray, cond: np.ndarray | None, k: int
+    ) -> TopFeatures:
+        """Each row's top k features: the explainer graph (batched like the scorer), then the
+        ranking (a sort of n x D values) on a worker thread, off the event loop."""
+        out = await model.batcher("explainer").run(feeds("x", x, cond), x.shape[0])
+        return await asyncio.get_running_loop().run_in_executor(
+            None,
+            top_features,
+            out["recon_nll_per_feature"],
+            x,
+            out["x_hat"],
+            k,
+            model.monitoring.explain_baseline,
+        )
+
+    async def drift(self, model: LoadedModel) -> DriftReading:
+        """The model's drift window now (evaluated on a worker thread when rows arrived since
+        the last reading), also published as gauges; FAILED_PRECONDITION when it keeps none."""
+        drift = model.monitoring.drift
+        if drift is None:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION, model.monitoring.unavailable["drift"]
+            )
+        reading = await asyncio.get_running_loop().run_in_executor(None, drift.reading)
+        if self.repo.snapshot().get(model.name, {}).get(model.version) is model:
+            self.metrics.drift_observed(model.name, model.version, reading)  # not once unloaded
+        return reading
+
+    async def refresh_drift(self) -> None:
+        """Evaluate every loaded version's drift window (the periodic task's work)."""
+        for model in self.repo.loaded():
+            if model.monitoring.drift is not None:
+                await self.drift(model)
 
     async def _iw_nll(
         self, model: LoadedModel, x: np.ndarray, cond: np.ndarray | None, k: int, seed: int

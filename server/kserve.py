@@ -5,15 +5,17 @@ string, empty for the newest):
 
 | name | inputs | outputs |
 |---|---|---|
-| NAME (or NAME.scorer) | x FP32 [-1, D], cond [-1, C] | kl, kl_per_dim, recon_nll, neg_elbo, p_value (FP64), is_anomaly (BOOL), iw_nll |
+| NAME (or NAME.scorer) | x FP32 [-1, D], cond [-1, C] | kl, kl_per_dim, recon_nll, neg_elbo, p_value (FP64), is_anomaly (BOOL), iw_nll, explain_* |
 | NAME.encoder | x, cond | mu FP32 [-1, L], logvar FP32 [-1, L] |
 | NAME.decoder | z FP32 [-1, L], cond | x_hat FP32 [-1, D] |
 
-`cond` exists only for conditional models; iw_nll only with the iw_samples parameter. Inputs
+`cond` exists only for conditional models; iw_nll only with the iw_samples parameter, and
+explain_index (INT64 [-1, K]), explain_nll, explain_excess, explain_value and
+explain_reconstruction (FP32 [-1, K]) only with the explain parameter (K). Inputs
 may be FP32, FP64, FP16, INT64 or INT32 (converted to float32) as raw_input_contents or typed
 contents. Outputs come back the way the inputs came (raw bytes or typed contents) unless the
 request parameter `binary_data_output` (bool) says otherwise. Scorer request parameters:
-`score` ("kl", "recon_nll", "neg_elbo"), `threshold` (nats), `iw_samples`, `seed`; the
+`score` ("kl", "recon_nll", "neg_elbo"), `threshold` (nats), `iw_samples`, `seed`, `explain`; the
 response parameters `score` and `threshold` say what the flag used. Other parameters (such as
 tritonclient's priority or sequence ones) are ignored.
 
@@ -192,7 +194,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         if t.graph == "scorer":
             p = scorer_params(req.parameters)
             r = await self.dataplane.score(
-                model, rows, cond, p.score, p.threshold, p.iw_samples, p.seed
+                model, rows, cond, p.score, p.threshold, p.iw_samples, p.seed, p.explain
             )
             results = {
                 "kl": r.kl,
@@ -204,6 +206,10 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             }
             if r.iw_nll is not None:
                 results["iw_nll"] = r.iw_nll
+            if r.explain is not None:
+                results["explain_index"] = r.explain.index.astype(np.int64, copy=False)
+                for name in ("nll", "excess", "value", "reconstruction"):
+                    results[f"explain_{name}"] = np.asarray(getattr(r.explain, name), np.float32)
             resp_params["score"] = pb.InferParameter(string_param=r.score)
             resp_params["threshold"] = pb.InferParameter(double_param=r.threshold)
         elif t.graph == "encoder":

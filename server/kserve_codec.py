@@ -34,7 +34,26 @@ DATATYPES: dict[str, tuple[np.dtype, str | None]] = {
     "FP64": (np.dtype("<f8"), "fp64_contents"),
 }
 INPUT_DATATYPES = ("FP32", "FP64", "FP16", "INT64", "INT32")
-_NUMPY_TO_DATATYPE = {np.dtype("?"): "BOOL", np.dtype("<f4"): "FP32", np.dtype("<f8"): "FP64"}
+_NUMPY_TO_DATATYPE = {
+    np.dtype("?"): "BOOL",
+    np.dtype("<f4"): "FP32",
+    np.dtype("<f8"): "FP64",
+    np.dtype("<i8"): "INT64",
+}
+# Outputs that exist only when a request parameter asks for them, and that parameter.
+ON_REQUEST = {
+    "iw_nll": "iw_samples",
+    **dict.fromkeys(
+        (
+            "explain_index",
+            "explain_nll",
+            "explain_excess",
+            "explain_value",
+            "explain_reconstruction",
+        ),
+        "explain",
+    ),
+}
 # How validation describes each input: x feature rows, z latent points, cond condition rows.
 _INPUT_SPECS = {"x": MatrixSpec.rows, "z": MatrixSpec.latent, "cond": MatrixSpec.condition}
 
@@ -151,10 +170,12 @@ class ScorerParams:
     threshold: float | None = None
     iw_samples: int = 0
     seed: int = 0
+    explain: int = 0
 
 
 def scorer_params(params: Any) -> ScorerParams:
-    """score (string), threshold (number, nats), iw_samples and seed (integers) from a request."""
+    """score (string), threshold (number, nats), iw_samples, seed and explain (integers) from a
+    request."""
     out = ScorerParams()
     if "score" in params:
         score = _param(params["score"])
@@ -168,6 +189,7 @@ def scorer_params(params: Any) -> ScorerParams:
         out.threshold = float(threshold)
     out.iw_samples = _int_param(params, "iw_samples")
     out.seed = validation.check_seed(_int_param(params, "seed"), "parameter 'seed'")
+    out.explain = _int_param(params, "explain")
     return out
 
 
@@ -182,9 +204,9 @@ def requested_outputs(
     for o in req.outputs:
         if o.name not in results:
             known = [s.name for s in t.outputs()]
-            if o.name == "iw_nll" and "iw_nll" in known:
+            if o.name in ON_REQUEST and o.name in known:
                 raise RequestError.invalid(
-                    "output 'iw_nll' needs the request parameter iw_samples > 0"
+                    f"output {o.name!r} needs the request parameter {ON_REQUEST[o.name]} > 0"
                 )
             raise RequestError.invalid(
                 f"model {echo(t.name)} has no output {echo(o.name)}; its outputs: "

@@ -83,6 +83,12 @@ class Target:
         ]
         if "iw_scorer" in self.model.batchers:
             out.append(TensorSpec("iw_nll", "FP32", ()))
+        if self.model.monitoring.explain_baseline is not None:  # [-1, K]: K is the request's
+            out.append(TensorSpec("explain_index", "INT64", (-1,)))
+            out += [
+                TensorSpec(f"explain_{name}", "FP32", (-1,))
+                for name in ("nll", "excess", "value", "reconstruction")
+            ]
         return out
 
 

@@ -123,6 +123,23 @@ class Metrics:
             "Calls or stream messages refused RESOURCE_EXHAUSTED, by the setting that refused",
             ["limit"],
         )
+        self.drift_kl = gauge(
+            "vaeserve_drift_kl",
+            "KL(N(window) || N(reference)) in nats between the moment-matched Gaussians of the "
+            "posteriors of the rows a model version scored last and of its validation rows",
+            ["model", "version"],
+        )
+        self.drift_p_value = gauge(
+            "vaeserve_drift_p_value",
+            "P(KL >= vaeserve_drift_kl) if the scored rows came from the validation rows' "
+            "distribution (set from 16 rows in the window on)",
+            ["model", "version"],
+        )
+        self.drift_window_rows = gauge(
+            "vaeserve_drift_window_rows",
+            "Rows in a model version's drift window at its last evaluation",
+            ["model", "version"],
+        )
         self._provider_labels: dict[tuple[str, int], list[tuple[str, ...]]] = {}
 
     # ---- recording -----------------------------------------------------------------------
@@ -184,6 +201,16 @@ class Metrics:
 
         return observe
 
+    def drift_observed(self, model: str, version: int, reading: Any) -> None:
+        """Publish a drift reading (server/monitoring.py's DriftReading) of a model version;
+        KL and p-value only once the window has rows, and a p-value at all."""
+        labels = (model, str(version))
+        self.drift_window_rows.labels(*labels).set(reading.rows)
+        if reading.rows:
+            self.drift_kl.labels(*labels).set(reading.kl)
+        if reading.p_value is not None:
+            self.drift_p_value.labels(*labels).set(reading.p_value)
+
     def model_loaded(self, model: Any) -> None:
         """Publish a loaded version's execution providers and load time."""
         labels = []
@@ -200,8 +227,14 @@ class Metrics:
         for lv in self._provider_labels.pop((name, version), []):
             with suppress(KeyError):
                 self.provider.remove(*lv)
-        with suppress(KeyError):
-            self.model_load_seconds.remove(name, str(version))
+        for gauge in (
+            self.model_load_seconds,
+            self.drift_kl,
+            self.drift_p_value,
+            self.drift_window_rows,
+        ):
+            with suppress(KeyError):
+                gauge.remove(name, str(version))
 
     def render(self) -> bytes:
         """The metrics page in Prometheus text format."""

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from vaeserve.common.calibration import PValues
+from vaeserve.common.flagging import Flagger
 from vaeserve.common.manifest import (
     MANIFEST_FILE,
     Manifest,
@@ -30,9 +30,9 @@ from vaeserve.common.manifest import (
     list_versions,
     load_manifest,
 )
-from vaeserve.common.scores import SCORE_NAMES
 from vaeserve.server.batching import BatchObserver, DynamicBatcher
 from vaeserve.server.errors import RequestError, echo
+from vaeserve.server.monitoring import Monitoring
 from vaeserve.server.sessions import DeviceError, GraphRunner, SessionFactory
 from vaeserve.server.settings import ServerSettings
 
@@ -49,18 +49,22 @@ GRAPH_INPUTS = {
     "decoder": ("z",),
     "scorer": ("x",),
     "iw_scorer": ("x", "noise"),
+    "explainer": ("x",),
 }
+# Outputs each graph must have (the scorer of newer exports also returns mu and logvar).
 GRAPH_OUTPUTS = {
     "encoder": ("mu", "logvar"),
     "decoder": ("x_hat",),
     "scorer": ("kl", "kl_per_dim", "recon_nll", "neg_elbo"),
     "iw_scorer": ("iw_nll",),
+    "explainer": ("recon_nll_per_feature", "x_hat"),
 }
 
 
 @dataclass
 class LoadedModel:
-    """One warm model version: its manifest, sessions, batchers and p-value tables."""
+    """One warm model version: its manifest, sessions, batchers, flagger (p-values and
+    thresholds) and monitoring (explanation baseline, drift window)."""
 
     name: str
     version: int
@@ -69,8 +73,9 @@ class LoadedModel:
     manifest_json: str
     runners: dict[str, GraphRunner]
     batchers: dict[str, DynamicBatcher]
-    pvalues: dict[str, PValues]
+    flagger: Flagger
     device: str
+    monitoring: Monitoring = field(default_factory=Monitoring)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     warmup_seconds: float = 0.0
@@ -95,7 +100,7 @@ class LoadedModel:
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{self.label} has no {graph} graph; "
-                "re-export it with vae-export to get all four graphs",
+                "re-export it with vae-export to get all its graphs",
             )
         return b
 
@@ -116,7 +121,15 @@ class LoadedModel:
             "cond_dim": self.manifest.cond_dim,
             "load_s": round(self.load_seconds, 4),
             "warmup_s": round(self.warmup_seconds, 4),
+            "explain": self.monitoring.explain_baseline is not None,
+            "drift_window_rows": self.drift_window_rows,
         }
+
+    @property
+    def drift_window_rows(self) -> int:
+        """The size of this version's drift window (0: it keeps none)."""
+        drift = self.monitoring.drift
+        return drift.window.size if drift is not None else 0
 
 
 # Makes the BatchObserver of one (model name, graph), or None for no observer.
@@ -315,11 +328,14 @@ class ModelRepository:
             )
             for graph, runner in runners.items()
         }
-        pvalues = {
-            s: PValues(manifest.calibration, s)
-            for s in SCORE_NAMES
-            if s in manifest.calibration.quantiles
-        }
+        label = f"model {name!r} version {version}"
+        monitoring = Monitoring.for_model(
+            manifest,
+            label,
+            graphs=runners,
+            scorer_outputs=runners["scorer"].output_names,
+            window_rows=self.settings.drift_window_rows,
+        )
         model = LoadedModel(
             name=name,
             version=version,
@@ -328,8 +344,9 @@ class ModelRepository:
             manifest_json=manifest_json,
             runners=runners,
             batchers=batchers,
-            pvalues=pvalues,
+            flagger=Flagger(manifest.calibration, label),
             device=self.factory.device,
+            monitoring=monitoring,
             warmup_seconds=warmup_seconds,
         )
         model.load_seconds = time.perf_counter() - t0
@@ -420,5 +437,6 @@ def _output_shapes(graph: str, m: Manifest) -> dict[str, tuple[int, ...]]:
         "recon_nll": (),
         "neg_elbo": (),
         "iw_nll": (),
+        "recon_nll_per_feature": (m.input_dim,),
     }
     return {k: per_row[k] for k in GRAPH_OUTPUTS[graph]}

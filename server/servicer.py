@@ -23,8 +23,11 @@ from vaeserve.server.errors import RequestError, echo
 from vaeserve.server.repository import LoadedModel
 from vaeserve.server.rpc import Answer, done, open_stream, request_error, unary
 from vaeserve.server.vae_codec import (
+    add_explanation,
     declared_rows,
+    drift_response,
     model_ref,
+    monitoring,
     read_condition,
     read_matrix,
     read_row_ids,
@@ -142,7 +145,16 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             schema=schema(model),
             manifest_json=model.manifest_json,
             ready=self.dataplane.is_ready(),
+            monitoring=monitoring(model),
         )
+
+    @unary
+    async def ModelDrift(
+        self, request: vae_pb2.ModelDriftRequest, context: grpc.aio.ServicerContext
+    ) -> vae_pb2.ModelDriftResponse:
+        """The drift of the rows the model version scored last (its drift window)."""
+        model = self._model(request.model)
+        return drift_response(model, await self.dataplane.drift(model))
 
     @unary
     async def ListModels(
@@ -234,7 +246,14 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         score = score_name(req.score)
         threshold = float(req.threshold) if req.HasField("threshold") else None
         result = await self.dataplane.score(
-            model, x, cond, score, threshold, iw_samples=int(req.iw_samples), seed=req.seed
+            model,
+            x,
+            cond,
+            score,
+            threshold,
+            iw_samples=int(req.iw_samples),
+            seed=req.seed,
+            explain=int(req.explain),
         )
         resp = vae_pb2.ScoreResponse(
             batch_id=req.batch_id,
@@ -252,4 +271,6 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             resp.kl_per_dim.CopyFrom(to_tensor(result.kl_per_dim))
         if result.iw_nll is not None:
             resp.iw_nll.CopyFrom(to_tensor(result.iw_nll))
+        if result.explain is not None:
+            add_explanation(resp, result.explain)
         return resp, x.shape[0]

@@ -32,6 +32,9 @@ SECRETS = frozenset({"tokens"})
 REDACTED = "<redacted>"
 
 
+# The window sizes vae-export stores the drift statistic's null for (export/drift_null.py).
+DRIFT_MIN_ROWS, DRIFT_MAX_ROWS = 16, 4096
+
 # What each setting does (CLI help).
 HELP: dict[str, str] = {
     "model_repo": "model repository: REPO/NAME/VERSION/ folders from vae-export",
@@ -50,6 +53,10 @@ HELP: dict[str, str] = {
     ),
     "max_request_rows": "most rows in one request; more gets RESOURCE_EXHAUSTED",
     "max_iw_samples": "most importance samples per row (ScoreRequest.iw_samples)",
+    "max_explain_features": (
+        "most top features per row an explanation may ask for (ScoreRequest.explain, KServe "
+        "parameter explain); more gets RESOURCE_EXHAUSTED"
+    ),
     "max_message_bytes": "largest gRPC message received or sent",
     "stream_pipeline_depth": "batches of one Score stream being scored at once",
     "inference_threads": "threads that call onnxruntime (one call per graph at a time)",
@@ -72,6 +79,12 @@ HELP: dict[str, str] = {
         "most rows one stream may have received but not yet answered; a message over it is "
         "answered RESOURCE_EXHAUSTED in the stream; 0: no limit"
     ),
+    "drift_window_rows": (
+        "drift monitoring: rows in each model version's window of recently scored rows "
+        f"({DRIFT_MIN_ROWS}..{DRIFT_MAX_ROWS}, the window sizes exports store a null for); "
+        "0: off"
+    ),
+    "drift_period_s": "drift monitoring: seconds between evaluations of the windows (gauges)",
     "metrics_port": "port of the Prometheus /metrics HTTP endpoint; 0: no endpoint",
     "metrics_host": "address the metrics endpoint listens on; empty: the same as host",
     "health_port": (
@@ -106,6 +119,7 @@ class ServerSettings:
     max_queue_delay_ms: float = 0.0
     max_request_rows: int = 4096
     max_iw_samples: int = 256
+    max_explain_features: int = 32
     max_message_bytes: int = 32 * 1024 * 1024
     stream_pipeline_depth: int = 4
     inference_threads: int = 4
@@ -122,6 +136,8 @@ class ServerSettings:
     open_health: bool = True
     max_streams: int = 64
     max_stream_inflight_rows: int = 65536
+    drift_window_rows: int = 1024
+    drift_period_s: float = 10.0
     metrics_port: int = 0
     metrics_host: str = ""
     health_port: int = 0
@@ -153,6 +169,15 @@ class ServerSettings:
         need(self.inter_op_threads >= 0, "inter_op_threads must be >= 0")
         for name in ("max_batch_rows", "max_request_rows", "max_iw_samples", "inference_threads"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1")
+        need(self.max_explain_features >= 1, "max_explain_features must be >= 1")
+        need(
+            self.drift_window_rows == 0
+            or DRIFT_MIN_ROWS <= self.drift_window_rows <= DRIFT_MAX_ROWS,
+            f"drift_window_rows {self.drift_window_rows} is outside {DRIFT_MIN_ROWS}.."
+            f"{DRIFT_MAX_ROWS}, the window sizes exports store the drift null for (0 turns "
+            "drift monitoring off)",
+        )
+        need(self.drift_period_s > 0, "drift_period_s must be > 0 (seconds)")
         need(self.stream_pipeline_depth >= 1, "stream_pipeline_depth must be >= 1")
         need(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
         need(self.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0")

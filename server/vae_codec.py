@@ -1,4 +1,5 @@
-"""vae.v1 messages to and from numpy: request tensors decoded and checked, ScoreKinds, refs.
+"""vae.v1 messages to and from numpy: request tensors decoded and checked, ScoreKinds, refs,
+explanations, ModelInfo's schema and monitoring, drift readings.
 
 Decoding checks what only a vae.v1 Tensor can get wrong (missing, dtype, byte count) and
 leaves shapes, limits and values to server/validation.py.
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from vaeserve.common.explain import TopFeatures
 from vaeserve.common.scores import KIND_NAMES, SCORE_KINDS
-from vaeserve.common.tensors import TensorError, from_tensor, is_set
+from vaeserve.common.tensors import TensorError, from_tensor, is_set, to_tensor
 from vaeserve.proto.vae.v1 import vae_pb2
 from vaeserve.server import validation
 from vaeserve.server.errors import RequestError
+from vaeserve.server.monitoring import DriftReading
 from vaeserve.server.repository import LoadedModel
 from vaeserve.server.validation import MatrixSpec
 
@@ -112,3 +115,41 @@ def schema(model: LoadedModel) -> vae_pb2.Schema:
         default_score=score_kind(cal.default_score),
         thresholds={k: float(v) for k, v in cal.thresholds.items()},
     )
+
+
+def add_explanation(resp: vae_pb2.ScoreResponse, top: TopFeatures) -> None:
+    """ScoreResponse's explain_* tensors [n, K]: INT64 indices, FLOAT32 the rest."""
+    resp.explain_index.CopyFrom(to_tensor(top.index.astype(np.int64, copy=False)))
+    for name in ("nll", "excess", "value", "reconstruction"):
+        values = np.asarray(getattr(top, name), np.float32)
+        getattr(resp, f"explain_{name}").CopyFrom(to_tensor(values))
+
+
+def monitoring(model: LoadedModel) -> vae_pb2.Monitoring:
+    """ModelInfo's Monitoring: whether explanations and a drift window are there, and why not."""
+    mon = model.monitoring
+    return vae_pb2.Monitoring(
+        explain=mon.explain_baseline is not None,
+        drift=mon.drift is not None,
+        drift_window_rows=model.drift_window_rows,
+        unavailable="; ".join(mon.unavailable[k] for k in sorted(mon.unavailable)),
+    )
+
+
+def drift_response(model: LoadedModel, reading: DriftReading) -> vae_pb2.ModelDriftResponse:
+    """A drift reading as ModelDriftResponse (p_value unset when there is none)."""
+    resp = vae_pb2.ModelDriftResponse(
+        model=model_ref(model),
+        window_rows=reading.window_rows,
+        rows=reading.rows,
+        rows_seen=reading.rows_seen,
+        kl=reading.kl,
+        kl_per_dim=reading.kl_per_dim.tolist(),
+        share_per_dim=reading.share_per_dim.tolist(),
+        evaluated_at=reading.evaluated_at,
+        reference_rows=reading.reference_rows,
+        null_method=reading.null_method,
+    )
+    if reading.p_value is not None:
+        resp.p_value = reading.p_value
+    return resp

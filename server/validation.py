@@ -164,6 +164,19 @@ def check_iw_samples(k: int, max_iw_samples: int) -> int:
     return k
 
 
+def check_explain(k: int, max_explain_features: int) -> int:
+    """Top features per row an explanation asks for: 0 (none) up to max_explain_features."""
+    if k < 0:
+        raise RequestError.invalid("explain must be >= 0 (the number of top features per row)")
+    if k > max_explain_features:
+        raise RequestError.too_large(
+            f"explain = {k} top features is over this server's limit of {max_explain_features} "
+            "(setting max_explain_features)",
+            limit="max_explain_features",
+        )
+    return k
+
+
 INT64_MAX = 2**63 - 1
 
 

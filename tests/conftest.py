@@ -15,6 +15,7 @@ import pytest
 from tests.server.helpers import loopback_channel
 from tests.server.synth import write_synthetic_model
 from vaeserve.export import export_model
+from vaeserve.export.monitoring_figures import Exported, digits_with_test_split
 from vaeserve.proto.vae.v1 import vae_pb2_grpc
 from vaeserve.server import ServerSettings, VaeServer, start_server
 from vaeserve.training import TrainConfig, train
@@ -66,6 +67,15 @@ def model_repo_784(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo784")
     export_model(run.run_dir, repo, "digits784")
     return repo
+
+
+@pytest.fixture(scope="session")
+def digits_split(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """All ten digits with 539 seeded random rows held out from training and validation
+    (`export.monitoring_figures.digits_with_test_split`): model "digits" version 1 in
+    `model_dir.parents[1]`, and rows it never saw (`held_out`, `labels`) for the explanation
+    and drift tests."""
+    return digits_with_test_split(tmp_path_factory.mktemp("digits-split"))
 
 
 @pytest.fixture

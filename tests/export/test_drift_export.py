@@ -21,19 +21,14 @@ from vaeserve.export.drift_eval import (
     marginal_false_alarm_rate,
     posteriors,
 )
-from vaeserve.export.monitoring_figures import (
-    Exported,
-    digits_with_test_split,
-    one_class,
-    validation_posteriors,
-)
+from vaeserve.export.monitoring_figures import Exported, one_class, validation_posteriors
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    return digits_with_test_split(tmp_path_factory.mktemp("drift-digits"))
+def digits(digits_split: Exported) -> Exported:
+    return digits_split  # tests/conftest.py: shared with the server and client drift tests
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,7 @@ def test_health_and_metadata(triton: Triton, kserve_server) -> None:
     outputs = {o["name"]: (o["datatype"], o["shape"]) for o in md["outputs"]}
     assert outputs["kl"] == ("FP32", ["-1"]) and outputs["kl_per_dim"] == ("FP32", ["-1", "8"])
     assert outputs["p_value"] == ("FP64", ["-1"]) and outputs["is_anomaly"] == ("BOOL", ["-1"])
+    assert outputs["explain_index"] == ("INT64", ["-1", "-1"])  # [n, K]: K per request
     assert md_dec["inputs"] == [{"name": "z", "datatype": "FP32", "shape": ["-1", "8"]}]
     assert md_dec["outputs"] == [{"name": "x_hat", "datatype": "FP32", "shape": ["-1", "64"]}]
 
@@ -103,8 +104,15 @@ def test_infer_matches_vae_v1(triton: Triton, kserve_server, vae_stub, mixed_row
             "outputs": ["iw_nll"],
             "parameters": {"iw_samples": 16, "seed": 3},
         },
+        {
+            "op": "infer",
+            "model": "digits",
+            "inputs": _x(triton, x),
+            "outputs": ["is_anomaly", "explain_index", "explain_nll"],
+            "parameters": {"explain": 3},
+        },
     ]
-    score, encoded, decoded, enc64, flagged, iw = triton.run(kserve_server.port, steps)
+    score, encoded, decoded, enc64, flagged, iw, why = triton.run(kserve_server.port, steps)
 
     want = _vae_score(vae_stub, x, include_kl_per_dim=True)
     assert (score["model_name"], score["model_version"], score["id"]) == ("digits", "1", "score-1")
@@ -131,6 +139,12 @@ def test_infer_matches_vae_v1(triton: Triton, kserve_server, vae_stub, mixed_row
 
     want_iw = _vae_score(vae_stub, x[:6], iw_samples=16, seed=3)
     np.testing.assert_allclose(_out(iw, "iw_nll"), arr(want_iw.iw_nll), **TOL)
+
+    # explanations: INT64 feature indices and FP32 NLLs [n, K], as vae.v1 answers them
+    want_why = _vae_score(vae_stub, x, explain=3)
+    assert why["outputs"]["explain_index"]["datatype"] == "INT64"
+    assert _out(why, "explain_index").tolist() == arr(want_why.explain_index).tolist()
+    np.testing.assert_allclose(_out(why, "explain_nll"), arr(want_why.explain_nll), **TOL)
 
 
 def test_stream_matches_vae_v1_and_errors_stay_in_stream(

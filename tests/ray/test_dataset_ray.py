@@ -118,6 +118,9 @@ def test_ray_on_two_nodes_equals_vae_client_score(
     assert {w["node"] for w in summary.workers} == nodes
 
 
+EXPLAIN_COLUMNS = ("feature", "nll", "excess", "value", "reconstruction")
+
+
 def test_score_dataset_chains_into_a_ray_pipeline(
     ray_address: str, dataset: Path, model_dir: Path, target: str, reference: dict[str, pa.Table]
 ) -> None:
@@ -128,10 +131,14 @@ def test_score_dataset_chains_into_a_ray_pipeline(
     files = [str(dataset / "a.parquet"), str(dataset / "b.parquet")]
     expected = pa.concat_tables([reference[f] for f in files])
     rows = ray.data.from_arrow([pq.read_table(f) for f in files])
+    explained = []
     for source in ({"model_dir": str(model_dir)}, {"server": target}):
-        scored = score_dataset(rows, workers=1, batch_size=128, **source)
+        scored = score_dataset(rows, workers=1, batch_size=128, explain=2, **source)
         table = pa.concat_tables(ray.get(scored.to_arrow_refs()))
         table = table.sort_by("id")
+        top = [c for c in table.column_names if c.startswith("top_")]
+        assert top[:5] == [f"top_{c}_1" for c in EXPLAIN_COLUMNS]
+        explained.append(table.select(top))
         rejected = table.filter(table.column("reject_reason").is_valid())
         assert rejected.column("id").to_pylist() == [f"id{i:05d}" for i in NAN_ROWS[:2]]
         assert rejected.column("kl").null_count == 2
@@ -139,6 +146,9 @@ def test_score_dataset_chains_into_a_ray_pipeline(
         assert kept.column("id").equals(expected.column("id"))
         for name in ("kl", "recon_nll", "neg_elbo", "p_value", "is_anomaly"):
             assert kept.column(name).equals(expected.column(name)), name
+    # explanations in-process equal the server's (rejected rows have none)
+    assert explained[0].equals(explained[1])
+    assert explained[0].column("top_feature_1").null_count == 2
 
 
 def test_a_killed_worker_is_replaced_and_every_row_is_written_once(

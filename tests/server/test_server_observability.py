@@ -118,7 +118,7 @@ def test_metrics_page_counts_what_was_sent(model_repo: Path) -> None:
         assert metric(page, "vaeserve_queue_wait_seconds_count", **sc) == 3
         assert metric(page, "vaeserve_inference_seconds_count", **enc) == 3
         provider = {"model": "digits", "version": "1", "device": "cpu"}
-        for graph in ("encoder", "decoder", "scorer", "iw_scorer"):
+        for graph in ("encoder", "decoder", "scorer", "iw_scorer", "explainer"):
             assert (
                 metric(
                     page,
@@ -201,8 +201,10 @@ def test_json_logs_request_ids_and_load_report(model_repo: Path) -> None:
     (report,) = [r for r in records if r.get("event") == "load_report"]
     (model,) = report["models"]
     assert (model["model"], model["version"], model["device"]) == ("digits", 1, "cpu")
-    assert set(model["graphs"]) == {"encoder", "decoder", "scorer", "iw_scorer"}
+    assert set(model["graphs"]) == {"encoder", "decoder", "scorer", "iw_scorer", "explainer"}
     assert model["graphs"]["scorer"]["providers"] == ["CPUExecutionProvider"]
+    assert model["graphs"]["explainer"]["providers"] == ["CPUExecutionProvider"]
+    assert (model["explain"], model["drift_window_rows"]) == (True, 1024)
     assert model["warmup_s"] >= 0 and model["load_s"] >= model["warmup_s"]
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
 

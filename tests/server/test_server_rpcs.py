@@ -215,6 +215,7 @@ def test_reflection_lists_and_describes_services(digits_server) -> None:
         "Score",
         "ModelInfo",
         "ListModels",
+        "ModelDrift",
     }
     channel.close()
 

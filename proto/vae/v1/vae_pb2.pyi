@@ -144,7 +144,7 @@ class ReconstructResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "batch_id", "rows", "condition", "row_ids", "start_offset", "include_kl_per_dim", "score", "threshold", "iw_samples", "seed")
+    __slots__ = ("model", "batch_id", "rows", "condition", "row_ids", "start_offset", "include_kl_per_dim", "score", "threshold", "iw_samples", "seed", "explain")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,7 @@ class ScoreRequest(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     IW_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     batch_id: str
     rows: Tensor
@@ -167,10 +168,11 @@ class ScoreRequest(_message.Message):
     threshold: float
     iw_samples: int
     seed: int
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., batch_id: _Optional[str] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ..., condition: _Optional[_Union[Tensor, _Mapping]] = ..., row_ids: _Optional[_Union[Tensor, _Mapping]] = ..., start_offset: _Optional[int] = ..., include_kl_per_dim: _Optional[bool] = ..., score: _Optional[_Union[ScoreKind, str]] = ..., threshold: _Optional[float] = ..., iw_samples: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    explain: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., batch_id: _Optional[str] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ..., condition: _Optional[_Union[Tensor, _Mapping]] = ..., row_ids: _Optional[_Union[Tensor, _Mapping]] = ..., start_offset: _Optional[int] = ..., include_kl_per_dim: _Optional[bool] = ..., score: _Optional[_Union[ScoreKind, str]] = ..., threshold: _Optional[float] = ..., iw_samples: _Optional[int] = ..., seed: _Optional[int] = ..., explain: _Optional[int] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("batch_id", "model", "row_ids", "kl", "kl_per_dim", "recon_nll", "neg_elbo", "p_value", "is_anomaly", "score", "threshold", "iw_nll", "error")
+    __slots__ = ("batch_id", "model", "row_ids", "kl", "kl_per_dim", "recon_nll", "neg_elbo", "p_value", "is_anomaly", "score", "threshold", "iw_nll", "error", "explain_index", "explain_nll", "explain_excess", "explain_value", "explain_reconstruction")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ROW_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +186,11 @@ class ScoreResponse(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     IW_NLL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_NLL_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_EXCESS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_VALUE_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_RECONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     model: ModelRef
     row_ids: Tensor
@@ -197,7 +204,12 @@ class ScoreResponse(_message.Message):
     threshold: float
     iw_nll: Tensor
     error: Error
-    def __init__(self, batch_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., row_ids: _Optional[_Union[Tensor, _Mapping]] = ..., kl: _Optional[_Union[Tensor, _Mapping]] = ..., kl_per_dim: _Optional[_Union[Tensor, _Mapping]] = ..., recon_nll: _Optional[_Union[Tensor, _Mapping]] = ..., neg_elbo: _Optional[_Union[Tensor, _Mapping]] = ..., p_value: _Optional[_Union[Tensor, _Mapping]] = ..., is_anomaly: _Optional[_Union[Tensor, _Mapping]] = ..., score: _Optional[_Union[ScoreKind, str]] = ..., threshold: _Optional[float] = ..., iw_nll: _Optional[_Union[Tensor, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    explain_index: Tensor
+    explain_nll: Tensor
+    explain_excess: Tensor
+    explain_value: Tensor
+    explain_reconstruction: Tensor
+    def __init__(self, batch_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., row_ids: _Optional[_Union[Tensor, _Mapping]] = ..., kl: _Optional[_Union[Tensor, _Mapping]] = ..., kl_per_dim: _Optional[_Union[Tensor, _Mapping]] = ..., recon_nll: _Optional[_Union[Tensor, _Mapping]] = ..., neg_elbo: _Optional[_Union[Tensor, _Mapping]] = ..., p_value: _Optional[_Union[Tensor, _Mapping]] = ..., is_anomaly: _Optional[_Union[Tensor, _Mapping]] = ..., score: _Optional[_Union[ScoreKind, str]] = ..., threshold: _Optional[float] = ..., iw_nll: _Optional[_Union[Tensor, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., explain_index: _Optional[_Union[Tensor, _Mapping]] = ..., explain_nll: _Optional[_Union[Tensor, _Mapping]] = ..., explain_excess: _Optional[_Union[Tensor, _Mapping]] = ..., explain_value: _Optional[_Union[Tensor, _Mapping]] = ..., explain_reconstruction: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ("model",)
@@ -232,8 +244,20 @@ class Schema(_message.Message):
     thresholds: _containers.ScalarMap[str, float]
     def __init__(self, input_dim: _Optional[int] = ..., latent_dim: _Optional[int] = ..., cond_dim: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., condition_classes: _Optional[_Iterable[str]] = ..., likelihood: _Optional[str] = ..., default_score: _Optional[_Union[ScoreKind, str]] = ..., thresholds: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class Monitoring(_message.Message):
+    __slots__ = ("explain", "drift", "drift_window_rows", "unavailable")
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_WINDOW_ROWS_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    explain: bool
+    drift: bool
+    drift_window_rows: int
+    unavailable: str
+    def __init__(self, explain: _Optional[bool] = ..., drift: _Optional[bool] = ..., drift_window_rows: _Optional[int] = ..., unavailable: _Optional[str] = ...) -> None: ...
+
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("model", "versions", "providers", "device", "schema", "manifest_json", "ready")
+    __slots__ = ("model", "versions", "providers", "device", "schema", "manifest_json", "ready", "monitoring")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +265,7 @@ class ModelInfoResponse(_message.Message):
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    MONITORING_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     versions: _containers.RepeatedScalarFieldContainer[int]
     providers: _containers.RepeatedScalarFieldContainer[str]
@@ -248,7 +273,40 @@ class ModelInfoResponse(_message.Message):
     schema: Schema
     manifest_json: str
     ready: bool
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., versions: _Optional[_Iterable[int]] = ..., providers: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., manifest_json: _Optional[str] = ..., ready: _Optional[bool] = ...) -> None: ...
+    monitoring: Monitoring
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., versions: _Optional[_Iterable[int]] = ..., providers: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., manifest_json: _Optional[str] = ..., ready: _Optional[bool] = ..., monitoring: _Optional[_Union[Monitoring, _Mapping]] = ...) -> None: ...
+
+class ModelDriftRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+
+class ModelDriftResponse(_message.Message):
+    __slots__ = ("model", "window_rows", "rows", "rows_seen", "kl", "kl_per_dim", "share_per_dim", "p_value", "evaluated_at", "reference_rows", "null_method")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_SEEN_FIELD_NUMBER: _ClassVar[int]
+    KL_FIELD_NUMBER: _ClassVar[int]
+    KL_PER_DIM_FIELD_NUMBER: _ClassVar[int]
+    SHARE_PER_DIM_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    NULL_METHOD_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    window_rows: int
+    rows: int
+    rows_seen: int
+    kl: float
+    kl_per_dim: _containers.RepeatedScalarFieldContainer[float]
+    share_per_dim: _containers.RepeatedScalarFieldContainer[float]
+    p_value: float
+    evaluated_at: float
+    reference_rows: int
+    null_method: str
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., window_rows: _Optional[int] = ..., rows: _Optional[int] = ..., rows_seen: _Optional[int] = ..., kl: _Optional[float] = ..., kl_per_dim: _Optional[_Iterable[float]] = ..., share_per_dim: _Optional[_Iterable[float]] = ..., p_value: _Optional[float] = ..., evaluated_at: _Optional[float] = ..., reference_rows: _Optional[int] = ..., null_method: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

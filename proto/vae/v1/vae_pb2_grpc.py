@@ -69,6 +69,11 @@ class VaeServiceStub:
                 request_serializer=vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ModelDrift = channel.unary_unary(
+                '/vae.v1.VaeService/ModelDrift',
+                request_serializer=vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ModelDriftRequest.SerializeToString,
+                response_deserializer=vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ModelDriftResponse.FromString,
+                _registered_method=True)
 
 
 class VaeServiceServicer:
@@ -118,6 +123,14 @@ class VaeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelDrift(self, request, context):
+        """The drift window of a model version; FAILED_PRECONDITION when it keeps none (drift
+        monitoring off, or an export without a drift reference).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VaeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +168,11 @@ def add_VaeServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ListModelsRequest.FromString,
                     response_serializer=vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ModelDrift': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelDrift,
+                    request_deserializer=vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ModelDriftRequest.FromString,
+                    response_serializer=vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ModelDriftResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +364,33 @@ class VaeService:
             '/vae.v1.VaeService/ListModels',
             vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ListModelsRequest.SerializeToString,
             vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelDrift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/ModelDrift',
+            vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ModelDriftRequest.SerializeToString,
+            vaeserve_dot_proto_dot_vae_dot_v1_dot_vae__pb2.ModelDriftResponse.FromString,
             options,
             channel_credentials,
             insecure,
