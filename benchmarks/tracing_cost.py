@@ -169,9 +169,13 @@ def measure(
     return out
 
 
-def ratios(per: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+PAIRS = (("off", "before"), ("on", "off"), ("unsampled", "off"))
+
+
+def ratios(
+    per: dict[str, list[float]], pairs: Sequence[tuple[str, str]] = PAIRS
+) -> dict[str, dict[str, float]]:
     """Median ratios (with the range of the same-repeat ratios, a noise indicator)."""
-    pairs = [("off", "before"), ("on", "off"), ("unsampled", "off")]
     out = {}
     for a, b in pairs:
         if a in per and b in per:

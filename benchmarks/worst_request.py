@@ -113,7 +113,9 @@ class Client:
         self.health_channel.close()
 
 
-def score_message(model: str, x: np.ndarray, iw_samples: int = 0, batch_id: str = "") -> Any:
+def score_message(
+    model: str, x: np.ndarray, iw_samples: int = 0, batch_id: str = "", explain: int = 0
+) -> Any:
     from vaeserve.common.tensors import to_tensor
     from vaeserve.proto.vae.v1 import vae_pb2
 
@@ -123,6 +125,7 @@ def score_message(model: str, x: np.ndarray, iw_samples: int = 0, batch_id: str 
         rows=to_tensor(x),
         iw_samples=iw_samples,
         seed=1,
+        explain=explain,
     )
 
 
