@@ -75,8 +75,7 @@ def top_features(
     if base.shape != (d,):
         raise ValueError(f"baseline_nll must have {d} values, got {base.shape}")
     excess = nll - base
-    # a stable sort of -excess keeps equal excesses in index order (NaN sorts last)
-    order = np.argsort(-excess, axis=1, kind="stable")[:, :k]
+    order = _top_k_order(excess, k)
     positive = np.where(excess > 0, excess, 0.0).sum(1, keepdims=True)
     top_excess = np.take_along_axis(excess, order, 1)
     share = np.divide(top_excess, positive, out=np.zeros_like(top_excess), where=positive > 0)
@@ -88,3 +87,24 @@ def top_features(
         value=np.take_along_axis(np.asarray(x), order, 1),
         reconstruction=np.take_along_axis(np.asarray(x_hat), order, 1),
     )
+
+
+SELECT_MAX_K = 8  # up to this K, K argmax passes beat a full sort of each row
+
+
+def _top_k_order(excess: np.ndarray, k: int) -> np.ndarray:
+    """The indices of each row's k largest values, largest first; ties in index order, NaN
+    last: a stable sort of -excess, cut to k. For small k, k argmax passes (argmax returns the
+    first of equal values) give the same order in a fraction of the time."""
+    if k <= SELECT_MAX_K:
+        work = np.where(np.isnan(excess), -np.inf, excess)
+        rows = np.arange(len(work))
+        order = np.empty((len(work), k), np.int64)
+        for i in range(k):
+            order[:, i] = best = work.argmax(axis=1)
+            if np.isneginf(work[rows, best]).any():
+                break  # a row ran out of finite values: its NaN/-inf order needs the sort
+            work[rows, best] = -np.inf
+        else:
+            return order
+    return np.argsort(-excess, axis=1, kind="stable")[:, :k]

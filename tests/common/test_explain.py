@@ -48,6 +48,20 @@ def test_ties_go_to_the_lower_index_and_nan_ranks_last() -> None:
     assert top.names(["a", "b", "c", "d", "e"])[0][:2] == ["b", "c"]
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 9, 12])
+def test_every_k_ranks_as_a_stable_sort_does(k: int) -> None:
+    # small K takes argmax passes, large K sorts: both must give the stable sort's order,
+    # with many ties (integer values), NaN and -inf in the rows
+    rng = np.random.default_rng(k)
+    nll = rng.integers(-3, 4, size=(400, 12)).astype(np.float64)
+    nll[rng.random(nll.shape) < 0.1] = np.nan
+    nll[rng.random(nll.shape) < 0.05] = -np.inf
+    nll[:5] = np.nan  # rows with nothing finite
+    top = top_features(nll, nll, nll, k)
+    want = np.argsort(-nll, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(top.index, want)
+
+
 def test_bad_arguments() -> None:
     nll, x, x_hat = _rows(np.random.default_rng(1), 4, 3)
     with pytest.raises(ValueError, match="k must be between 1 and the 3 features"):
