@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from vaeserve.client.drift_output import (
     window_writer,
 )
 from vaeserve.client.errors import VaeClientError
+from vaeserve.client.interrupts import handle_interrupts
 from vaeserve.client.job_summary import JobInterrupted, print_summary
 from vaeserve.client.jobs import SCORE_OUTPUT_FORMATS, ScoreJob, run_score_job
 from vaeserve.client.library import VaeClient
@@ -158,8 +158,7 @@ def score(inputs: tuple[str, ...], **kwargs: Any) -> None:
     quiet, summary_json = kwargs.pop("quiet"), kwargs.pop("summary_json")
     kwargs["columns"] = parse_columns(kwargs.pop("columns"))
     kwargs["score"] = kwargs.pop("score_kind")
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
+    with handle_interrupts():
         if wants_dataset(inputs, kwargs["engine"]):
             run_dataset_command(inputs, kwargs, options, quiet=quiet, summary_json=summary_json)
             return
@@ -172,17 +171,11 @@ def score(inputs: tuple[str, ...], **kwargs: Any) -> None:
             client = VaeClient.from_options(options)
         with client:
             summary = run_score_job(client, job)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if summary_json:
         with open(summary_json, "w") as f:
             json.dump(summary.to_dict(), f, indent=2)
     if not quiet:
         print_summary(summary)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def _transform_command(kind: str, doc: str) -> Callable[..., Any]:

@@ -30,6 +30,7 @@ from vaeserve.client.dataset_output import JOB_FORMAT, DatasetOutput, PartResult
 from vaeserve.client.dataset_parts import Part, plan_parts
 from vaeserve.client.dataset_summary import DatasetIncomplete, DatasetSummary
 from vaeserve.client.errors import VaeClientError
+from vaeserve.client.interrupts import raise_if_interrupted
 from vaeserve.client.job_summary import JobInterrupted
 from vaeserve.client.jobs import check_explain
 from vaeserve.client.models import ModelInfo
@@ -241,6 +242,8 @@ def run_dataset_job(job: DatasetJob, connection: ConnectionOptions | None = None
             for result in engine.run(todo, job.settings(fmt, info), backend.portable()):
                 results.append(result)
                 summary.add(result)
+                raise_if_interrupted()
+            raise_if_interrupted()
         except KeyboardInterrupt:
             _close(summary, results, started)
             error = JobInterrupted(

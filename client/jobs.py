@@ -37,6 +37,7 @@ from vaeserve.client.checkpoint import Checkpoint, checkpoint_path
 from vaeserve.client.columns import ColumnSelection
 from vaeserve.client.conditions import condition_encoder
 from vaeserve.client.errors import VaeClientError
+from vaeserve.client.interrupts import raise_if_interrupted
 from vaeserve.client.job_summary import JobInterrupted, JobSummary
 from vaeserve.client.library import VaeClient
 from vaeserve.client.models import ModelInfo
@@ -149,6 +150,8 @@ def run_score_job(client: VaeClient, job: ScoreJob) -> JobSummary:
         for result in results:
             run.write(result)
             run.commit()
+            raise_if_interrupted()
+        raise_if_interrupted()
         run.finish()
     except KeyboardInterrupt:
         raise run.interrupted() from None
