@@ -25,12 +25,17 @@ def _interrupt(signum: int, frame: Any) -> None:
 @contextlib.contextmanager
 def handle_interrupts() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise KeyboardInterrupt and are remembered (main
-    thread only; elsewhere the block changes nothing)."""
+    thread only; elsewhere the block changes nothing). A signal the process ignores (nohup,
+    a background job) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _requested.clear()
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, _interrupt)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:

@@ -25,6 +25,8 @@ class _Finalizer:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_swallowed_interrupt_is_still_raised_at_the_next_check(sig: signal.Signals) -> None:
+    before = signal.getsignal(sig)
+    signal.signal(sig, signal.default_int_handler)  # as in a terminal (CI may ignore SIGINT)
     with handle_interrupts():
         raise_if_interrupted()  # nothing pending
         threading.Timer(0.2, os.kill, (os.getpid(), sig)).start()
@@ -33,12 +35,28 @@ def test_a_swallowed_interrupt_is_still_raised_at_the_next_check(sig: signal.Sig
         gc.collect()
         with pytest.raises(KeyboardInterrupt):
             raise_if_interrupted()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(sig) is signal.default_int_handler  # restored
+    signal.signal(sig, before)
+
+
+def test_an_ignored_signal_stays_ignored() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # nohup, a background job
+    try:
+        with handle_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            raise_if_interrupted()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_each_block_starts_clean() -> None:
+    before = signal.getsignal(signal.SIGTERM)
     with handle_interrupts(), pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(1.0)
     with handle_interrupts():
         raise_if_interrupted()  # the earlier block's signal is forgotten
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -200,6 +200,12 @@ def _score_cmd(port: int, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a runner that started the tests in the background (SIGINT
+    ignored, which children inherit and vae-client keeps) must not change what is tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_job(port: int, out: Path, data: bytes, *extra: str) -> subprocess.Popen[bytes]:
     """A `vae-client score -` child fed the first 1000 CSV rows, once it has committed 300."""
     proc = subprocess.Popen(
@@ -207,6 +213,7 @@ def _start_job(port: int, out: Path, data: bytes, *extra: str) -> subprocess.Pop
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=client_env(),
+        preexec_fn=_default_sigint,
     )
     _feed(proc, b"".join(data.splitlines(keepends=True)[:1001]))
     _wait_for_rows(Path(checkpoint_path(str(out))), 300, proc)
