@@ -1,4 +1,5 @@
-"""Chunked input readers for CSV (file or stdin), Parquet and NPY with bounded memory.
+"""Chunked input readers with bounded memory: `open_input` picks CSV (client/csv_reader.py,
+file or stdin), Parquet or NPY (here).
 
 Each reader yields `InputChunk`s of at most `batch_size` rows: the selected feature columns as a
 float32 matrix (NaN where a value is missing), plus an Arrow table of the other columns a job
@@ -9,22 +10,24 @@ the memory in use depends on the batch size, never on the file size.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from vaeserve.client.columns import ColumnSelection, short_list
+from vaeserve.client.csv_reader import CsvReader
 from vaeserve.client.errors import VaeClientError
-from vaeserve.client.filesystems import file_size, is_uri, open_input_file, open_input_stream
+from vaeserve.client.filesystems import is_uri, open_input_file
+from vaeserve.client.reader_base import (
+    InputChunk,
+    InputReader,
+    Malformed,
+    rebatch,
+)
 
 INPUT_FORMATS = ("csv", "parquet", "npy")
 _SUFFIXES = {
@@ -36,33 +39,6 @@ _SUFFIXES = {
     ".npy": "npy",
 }
 _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
-CSV_BLOCK_BYTES = 4 << 20
-
-
-@dataclass
-class Malformed:
-    """A CSV line that could not be parsed into a row (wrong number of fields)."""
-
-    line: int | None
-    reason: str
-
-
-@dataclass
-class InputChunk:
-    """Consecutive input rows: `start` is the number (0-based) of the first row."""
-
-    start: int
-    rows: np.ndarray
-    aux: pa.Table | None = None
-    malformed: list[Malformed] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def row_numbers(self) -> np.ndarray:
-        """Input row numbers of this chunk's rows."""
-        return np.arange(self.start, self.start + len(self.rows), dtype=np.int64)
 
 
 def detect_input_format(path: str, fmt: str | None = None) -> str:
@@ -85,316 +61,6 @@ def detect_input_format(path: str, fmt: str | None = None) -> str:
             f"use .csv, .parquet or .npy, or pass --input-format"
         )
     return _SUFFIXES[suffix]
-
-
-class InputReader:
-    """Base of the readers: resolved columns, total rows (when known) and chunk iteration."""
-
-    format = ""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.columns: list[str] = []  # every input column
-        self.features: list[str] = []  # the selected feature columns, in model order
-        self.aux_columns: list[str] = []  # columns carried alongside (ids, condition, kept)
-        self.num_rows: int | None = None
-        self.size_bytes: int | None = None
-
-    def _require_file(self) -> None:
-        """Clear error for a missing input (a local path or a filesystem URI); records its
-        size for progress."""
-        size = file_size(self.path)
-        if size is None:
-            raise VaeClientError(f"{self.path}: no such file")
-        self.size_bytes = size
-
-    def chunks(
-        self, batch_size: int, skip_rows: int = 0, skip_malformed: int = 0
-    ) -> Iterator[InputChunk]:
-        """Chunks of at most batch_size rows, after skipping rows (and malformed lines) done."""
-        raise NotImplementedError
-
-    def column_types(self, names: Sequence[str]) -> dict[str, pa.DataType]:
-        """Arrow types of input columns as chunks carry them (CSV: features float32, else text)."""
-        return {c: pa.float32() if c in self.features else pa.string() for c in names}
-
-    def close(self) -> None:
-        """Release the file."""
-
-    def __enter__(self) -> InputReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class CsvReader(InputReader):
-    """CSV from a file (optionally compressed) or stdin, parsed block by block."""
-
-    format = "csv"
-
-    def __init__(
-        self,
-        path: str,
-        selection: ColumnSelection | None = None,
-        *,
-        delimiter: str | None = None,
-        block_bytes: int = CSV_BLOCK_BYTES,
-        stdin: BinaryIO | None = None,
-        **select: Any,
-    ) -> None:
-        """Read the header and resolve the columns; `select` are ColumnSelection's fields."""
-        super().__init__(path)
-        self.where = "stdin" if path == "-" else path
-        if delimiter is None:
-            delimiter = "\t" if ".tsv" in path.lower() else ","
-        self.delimiter = delimiter
-        self.block_bytes = block_bytes
-        self._stdin = stdin if stdin is not None else (sys.stdin.buffer if path == "-" else None)
-        if path != "-":
-            self._require_file()
-        header = self._read_header()
-        names = next(csv.reader([header], delimiter=delimiter), [])
-        names = [n.strip() for n in names]
-        if not names or names == [""]:
-            raise VaeClientError(f"{self.where}: the CSV has no header line")
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise VaeClientError(f"{self.where}: the CSV header repeats columns {dupes}")
-        self.columns = names
-        selected = ColumnSelection.of(selection, **select)
-        self.features, self.aux_columns = selected.resolve(names, self.where)
-        self._consumed = False
-
-    def _read_header(self) -> str:
-        if self._stdin is not None:
-            raw = self._stdin.readline()
-        else:
-            with open_input_stream(self.path) as stream:
-                raw = b""
-                while b"\n" not in raw:
-                    block = stream.read(1 << 16)
-                    if not block:
-                        break
-                    raw += block
-                    if len(raw) > 64 << 20:
-                        raise VaeClientError(f"{self.where}: the first line is over 64 MiB")
-                raw = raw.split(b"\n", 1)[0]
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise VaeClientError(f"{self.where}: the header is not UTF-8 text") from None
-        return text.rstrip("\r\n")
-
-    def chunks(
-        self, batch_size: int, skip_rows: int = 0, skip_malformed: int = 0
-    ) -> Iterator[InputChunk]:
-        """Parse blocks and re-cut them into batch_size chunks (see InputReader.chunks)."""
-        if self._consumed and self._stdin is not None:
-            raise VaeClientError("stdin can be read only once")
-        self._consumed = True
-        malformed: list[Malformed] = []
-        to_skip = skip_malformed
-        first_line = 2  # file line number of the block being parsed (the header is line 1)
-
-        def on_invalid(row: Any) -> str:
-            nonlocal to_skip
-            if to_skip > 0:
-                to_skip -= 1
-                return "skip"
-            text = row.text if len(row.text) <= 80 else row.text[:77] + "..."
-            line = first_line + row.number - 1 if row.number is not None else None
-            where = f"line {line}" if line is not None else "a line"
-            malformed.append(
-                Malformed(
-                    line,
-                    f"{where} has {row.actual_columns} fields where the header has "
-                    f"{row.expected_columns}: {text!r}",
-                )
-            )
-            return "skip"
-
-        wanted = list(dict.fromkeys(self.features + self.aux_columns))
-        types = {c: pa.string() for c in wanted}
-        types.update({c: pa.float32() for c in self.features})
-        # One block at a time, parsed whole: pyarrow's streaming reader reads far ahead of
-        # its consumer (tens of blocks), which would make memory grow with the file.
-        read_options = pacsv.ReadOptions(column_names=self.columns, use_threads=False)
-        parse_options = pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=on_invalid)
-        convert_options = pacsv.ConvertOptions(
-            column_types=types, include_columns=wanted, strings_can_be_null=False
-        )
-
-        def pieces() -> Iterator[tuple[pa.RecordBatch | None, list[Malformed]]]:
-            nonlocal first_line
-            for block in self._blocks():
-                if block.strip():
-                    try:
-                        table = pacsv.read_csv(
-                            pa.BufferReader(pa.py_buffer(block)),
-                            read_options=read_options,
-                            parse_options=parse_options,
-                            convert_options=convert_options,
-                        )
-                    except pa.ArrowInvalid as exc:
-                        raise self._error(exc, first_line) from None
-                    for batch in table.to_batches():
-                        yield batch, []
-                first_line += block.count(b"\n")
-                if malformed:
-                    yield None, malformed[:]
-                    malformed.clear()
-
-        yield from _rebatch(pieces(), self.features, self.aux_columns, batch_size, skip_rows)
-
-    def _blocks(self) -> Iterator[bytes]:
-        """The data after the header as blocks of whole lines (about block_bytes each)."""
-        if self._stdin is not None:
-            source: Any = _Incremental(self._stdin)
-        else:
-            try:
-                source = open_input_stream(self.path)
-            except OSError as exc:
-                raise VaeClientError(f"{self.where}: {exc}") from None
-        header_pending = self._stdin is None
-        rest = b""
-        try:
-            while True:
-                try:
-                    data = source.read(self.block_bytes)
-                except OSError as exc:
-                    raise VaeClientError(f"{self.where}: read failed ({exc})") from None
-                buffer = rest + data if rest else data
-                if header_pending:
-                    cut = buffer.find(b"\n")
-                    if cut < 0 and data:
-                        rest = buffer
-                        continue
-                    buffer = buffer[cut + 1 :] if cut >= 0 else b""
-                    header_pending = False
-                if not data:
-                    if buffer:
-                        yield buffer
-                    return
-                cut = buffer.rfind(b"\n") + 1
-                rest = buffer[cut:]
-                if cut:
-                    yield buffer[:cut]
-        finally:
-            if self._stdin is None:
-                source.close()
-
-    def _error(self, exc: Exception, first_line: int) -> VaeClientError:
-        text = str(exc)
-        hint = ""
-        if "conversion error to float" in text or "invalid value" in text:
-            hint = "; a feature column holds text that is not a number (check --columns)"
-        return VaeClientError(
-            f"{self.where}: cannot parse the CSV block from line {first_line}: {text}{hint}"
-        )
-
-
-class _Incremental(io.RawIOBase):
-    """A pipe whose reads return what has arrived instead of waiting for a full block.
-
-    pyarrow asks for whole blocks; on a pipe, BufferedReader.read(n) would wait for n bytes,
-    so rows written slowly (a live feed on stdin) would sit unscored until a block filled.
-    """
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        read1 = getattr(self._stream, "read1", None)
-        if read1 is None or size is None or size < 0:
-            return self._stream.read(size)
-        return read1(size)
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def _features_matrix(batch: pa.RecordBatch | pa.Table, features: Sequence[str]) -> np.ndarray:
-    """The feature columns of an Arrow batch as a C-ordered float32 matrix, NaN for nulls."""
-    # Columns are filled as contiguous rows of the transpose, then transposed in one copy.
-    out = np.empty((len(features), batch.num_rows), dtype=np.float32)
-    for j, name in enumerate(features):
-        column = batch.column(name)
-        if column.type != pa.float32():
-            column = column.cast(pa.float32(), safe=False)
-        out[j] = column.to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(out.T)
-
-
-def _rebatch(
-    pieces: Iterator[tuple[pa.RecordBatch | None, list[Malformed]]],
-    features: Sequence[str],
-    aux_columns: Sequence[str],
-    batch_size: int,
-    skip_rows: int,
-) -> Iterator[InputChunk]:
-    """Re-cut Arrow batches of any size into InputChunks of batch_size rows."""
-    batch_size = max(1, batch_size)
-    position = 0  # input row number of the next row read
-    buffered: list[tuple[np.ndarray, pa.Table | None]] = []
-    buffered_rows = 0
-    pending_malformed: list[Malformed] = []
-    start = skip_rows
-
-    def emit(n: int) -> InputChunk:
-        nonlocal buffered, buffered_rows, start, pending_malformed
-        rows_parts, aux_parts, taken = [], [], 0
-        rest: list[tuple[np.ndarray, pa.Table | None]] = []
-        for rows, aux in buffered:
-            if taken >= n:
-                rest.append((rows, aux))
-                continue
-            k = min(len(rows), n - taken)
-            rows_parts.append(rows[:k])
-            if aux is not None:
-                aux_parts.append(aux.slice(0, k))
-            if k < len(rows):
-                rest.append((rows[k:], aux.slice(k) if aux is not None else None))
-            taken += k
-        buffered, buffered_rows = rest, buffered_rows - taken
-        rows = (
-            np.concatenate(rows_parts) if rows_parts else np.zeros((0, len(features)), np.float32)
-        )
-        aux = pa.concat_tables(aux_parts).combine_chunks() if aux_parts else None
-        chunk = InputChunk(start, rows, aux, pending_malformed)
-        pending_malformed = []
-        start += taken
-        return chunk
-
-    for batch, malformed in pieces:
-        pending_malformed.extend(malformed)
-        if batch is None or batch.num_rows == 0:
-            continue
-        n = batch.num_rows
-        if position + n <= skip_rows:
-            position += n
-            continue
-        if position < skip_rows:
-            batch = batch.slice(skip_rows - position)
-        position += n
-        rows = _features_matrix(batch, features)
-        aux = pa.Table.from_batches([batch.select(list(aux_columns))]) if aux_columns else None
-        buffered.append((rows, aux))
-        buffered_rows += len(rows)
-        while buffered_rows >= batch_size:
-            yield emit(batch_size)
-    if position < skip_rows:
-        raise VaeClientError(
-            f"the input has {position} rows but the checkpoint says {skip_rows} were done; "
-            "was the input changed since the interrupted run?"
-        )
-    if buffered_rows or pending_malformed:
-        yield emit(buffered_rows)
 
 
 class ParquetReader(InputReader):
@@ -460,8 +126,8 @@ class ParquetReader(InputReader):
             except (pa.ArrowInvalid, OSError) as exc:
                 raise VaeClientError(f"{self.path}: cannot read Parquet data ({exc})") from None
 
-        # _rebatch skips rows counted from its own position 0, here the first group's start.
-        for chunk in _rebatch(
+        # rebatch skips rows counted from its own position 0, here the first group's start.
+        for chunk in rebatch(
             pieces(), self.features, self.aux_columns, batch_size, skip_rows - before
         ):
             chunk.start += before
